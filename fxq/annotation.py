@@ -1,0 +1,100 @@
+"""The typed record every pass writes on a node: ``node.meta["fxq"]``.
+
+Passes talk to each other only through the graph and this record, and the dump tool reads exactly this record,
+so anything a person may want to know about a decision (which rule chose it, why a node stayed float) is
+written here by the pass that made the decision, never reconstructed later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.fx import Node
+
+META_KEY = "fxq"
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Provenance: which pass (and which rule of it, defined where) created or rewrote a node."""
+
+    pass_name: str
+    rule: str = ""
+    where: str = ""
+
+    def __str__(self) -> str:
+        text = self.pass_name if not self.rule else f"{self.pass_name}:{self.rule}"
+        return f"{text} ({self.where})" if self.where else text
+
+
+@dataclass
+class NodeInfo:
+    """What fxq decided about one node, and why.
+
+    Attributes:
+        concept: the op concept this node computes ("linear", "relu", ...), or None if it is not a known op.
+        module_path: the module the node came from ("" for the root), used by QConfigMapping rules.
+        module_type: the type of that module (for call_module nodes, the called module's type).
+        fused_from: names of the original nodes merged into this one by fusion.
+        fused_group: a name shared by the nodes of one fused unit (e.g. "conv1+bn1+relu1").
+        qconfig: the QConfig chosen for the node, or None to leave it float.
+        qconfig_rule: the QConfigMapping rule that chose ``qconfig``.
+        precision: the numeric precision assigned (e.g. "int8"); None until assigned.
+        observers: role -> observer module name ("output", "input0", "weight").
+        qparams: role -> dict(dtype, scale, zero_point, ...) fixed at convert time.
+        lowered_to: what the node became ("quantize_per_tensor", "reference:linear", a kernel name...).
+        float_reason: why the node was left in float, when it was.
+        declined: near misses: (rule, reason) pairs for patterns that almost matched here.
+        history: the passes that created or rewrote the node, oldest first.
+    """
+
+    concept: str | None = None
+    module_path: str = ""
+    module_type: type | None = None
+    fused_from: tuple[str, ...] = ()
+    fused_group: str | None = None
+    qconfig: Any = None
+    qconfig_rule: str | None = None
+    precision: str | None = None
+    observers: dict[str, str] = field(default_factory=dict)
+    qparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lowered_to: str | None = None
+    float_reason: str | None = None
+    declined: list[tuple[str, str]] = field(default_factory=list)
+    history: list[Stamp] = field(default_factory=list)
+
+
+def info(node: Node) -> NodeInfo:
+    """The node's record, created empty on first access."""
+    record = node.meta.get(META_KEY)
+    if record is None:
+        record = NodeInfo()
+        node.meta[META_KEY] = record
+    return record
+
+
+def stamp(node: Node, pass_name: str, rule: str = "", where: str = "") -> NodeInfo:
+    """Record that ``pass_name`` (by ``rule``) created or rewrote ``node``; returns the node's record."""
+    record = info(node)
+    record.history.append(Stamp(pass_name, rule, where))
+    return record
+
+
+def leave_float(node: Node, reason: str) -> None:
+    """Mark a node as deliberately left in float, keeping the first reason given."""
+    record = info(node)
+    if record.float_reason is None:
+        record.float_reason = reason
+
+
+def copy_graph_module(gm):
+    """A deep copy of a GraphModule whose node records are copies too (``deepcopy`` alone shares node meta)."""
+    import copy
+
+    result = copy.deepcopy(gm)
+    for node in result.graph.nodes:
+        if META_KEY in node.meta:
+            node.meta = dict(node.meta)
+            node.meta[META_KEY] = copy.deepcopy(node.meta[META_KEY])
+    return result

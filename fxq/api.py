@@ -1,0 +1,111 @@
+"""The entry points. Each is a named list of passes plus options: nothing here transforms a graph itself.
+
+``prepare`` never mutates the user's model: it works on a deep copy. A model in training mode given to
+(post-training) ``prepare`` is quantized as if in eval mode, on the copy, with an ``FxqWarning``: post-training
+quantization folds batch norms with their running statistics and removes dropout, which only eval mode means.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from fxq.annotation import copy_graph_module
+from fxq.backends import get_backend
+from fxq.errors import ConfigError, FxqWarning
+from fxq.graph_pass import PassContext, add_properties, properties_of
+from fxq.pass_manager import PassManager, PassRecord
+from fxq.tracing import trace
+
+PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")
+CONVERT_PASSES = ("lower", "cleanup")
+
+_BACKEND_KEY = "fxq_backend"
+_RECORDS_KEY = "fxq_records"
+_LEAVES_KEY = "fxq_float_leaves"
+
+
+def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
+            leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
+            concrete_args: dict | None = None, keep_snapshots: bool = False) -> GraphModule:
+    """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
+
+    Args:
+        model: the float model; it is not modified.
+        qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``).
+        example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped).
+        backend: the backend whose table decides what is quantized ("reference" for now).
+        leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
+        concrete_args: forward arguments to fix to Python values while tracing.
+        keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
+    Returns:
+        The prepared GraphModule (observers inserted), in eval mode.
+    Raises:
+        ConfigError, TraceError: bad options, or a model that cannot be captured.
+    """
+    get_backend(backend)
+    example_inputs = _as_tuple(example_inputs)
+    work = _eval_copy(model, "prepare")
+    captured = trace(work, leaf_modules=leaf_modules, leaf_module_types=leaf_module_types,
+                     concrete_args=concrete_args)
+    gm = captured.graph_module
+    add_properties(gm, frozenset({"traced"}))
+    ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
+                      original=model)
+    result = PassManager(list(PREPARE_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+    prepared = result.graph_module
+    prepared.meta[_BACKEND_KEY] = backend
+    prepared.meta[_RECORDS_KEY] = result.records
+    prepared.meta[_LEAVES_KEY] = captured.float_leaves
+    return prepared.eval()
+
+
+def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModule:
+    """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was.
+
+    Raises:
+        ConfigError: ``prepared`` did not come from ``fxq.prepare``.
+        CalibrationError: an observer saw no data (run calibration batches through ``prepared`` first).
+    """
+    if not isinstance(prepared, GraphModule) or "observed" not in properties_of(prepared):
+        raise ConfigError("convert() takes the model returned by fxq.prepare() after calibration; got "
+                          f"{type(prepared).__name__}")
+    gm = copy_graph_module(prepared)
+    ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
+    result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+    converted = result.graph_module
+    converted.meta[_RECORDS_KEY] = list(prepared.meta.get(_RECORDS_KEY, [])) + result.records
+    return converted.eval()
+
+
+def pass_records(gm: GraphModule) -> list[PassRecord]:
+    """The per-pass records (name, time, node counts, snapshot) of the pipelines that produced ``gm``."""
+    return list(gm.meta.get(_RECORDS_KEY, []))
+
+
+def _as_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise ConfigError(f"example_inputs must be a tuple of model inputs (or one tensor), got "
+                          f"{type(example_inputs).__name__}")
+    return example_inputs
+
+
+def _eval_copy(model: nn.Module, entry: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{entry}() takes an nn.Module, got {type(model).__name__}")
+    work = copy.deepcopy(model)
+    if model.training:
+        warnings.warn(f"{type(model).__name__} is in training mode; {entry}() quantizes an eval-mode copy "
+                      "(batch norms use running statistics, dropout is off). Your model is unchanged. "
+                      "Call model.eval() first to silence this, or use prepare_qat() to train.",
+                      FxqWarning, stacklevel=3)
+    return work.eval()

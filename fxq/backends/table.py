@@ -1,0 +1,79 @@
+"""A backend is a table: which op concepts it can run quantized, how each one's output is observed, and which
+dtypes it accepts. Passes consult the table; they never name a backend.
+
+Observation kinds:
+- OWN: the op's output gets its own observer and qparams (linear, conv, add, ...).
+- SHARED: the output reuses the input's qparams because the op cannot widen the range (maxpool, flatten...).
+- FIXED: the output range is known in advance (sigmoid lies in [0, 1]), so its qparams are fixed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from fxq.errors import ConfigError
+
+
+class Observation(enum.Enum):
+    OWN = "own qparams"
+    SHARED = "shares its input's qparams"
+    FIXED = "fixed qparams"
+
+
+@dataclass(frozen=True)
+class FixedQParams:
+    """The qparams of an op whose output range is known: scale, zero point, dtype."""
+
+    scale: float
+    zero_point: int
+    dtype: torch.dtype = torch.quint8
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    """How a backend runs one concept quantized.
+
+    Attributes:
+        concept: the op concept ("linear", "max_pool2d", ...).
+        observation: how the output's qparams are found.
+        weighted: the op has a weight that lowering quantizes with ``qconfig.weight``.
+        weight_arg: for the functional form, which positional argument is the weight.
+        fixed: the qparams for FIXED ops.
+        activation_dtypes / weight_dtypes: the dtypes the backend's kernel accepts.
+    """
+
+    concept: str
+    observation: Observation = Observation.OWN
+    weighted: bool = False
+    weight_arg: int | None = None
+    fixed: FixedQParams | None = None
+    activation_dtypes: frozenset[torch.dtype] = frozenset({torch.quint8, torch.qint8})
+    weight_dtypes: frozenset[torch.dtype] = frozenset({torch.qint8})
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named table of OpSupport entries, plus the lowering rules that turn reference patterns into kernels."""
+
+    name: str
+    ops: Mapping[str, OpSupport]
+    lowering_rules: tuple = field(default=())
+    reduce_range: bool = False
+
+    def support(self, concept: str | None) -> OpSupport | None:
+        """The entry for ``concept``, or None if this backend has no quantized form of it."""
+        return self.ops.get(concept) if concept else None
+
+
+def table(entries: Iterable[OpSupport]) -> dict[str, OpSupport]:
+    """A concept -> entry dict; a concept listed twice is an error (tables are read, not merged silently)."""
+    result: dict[str, OpSupport] = {}
+    for entry in entries:
+        if entry.concept in result:
+            raise ConfigError(f"backend table lists concept {entry.concept!r} twice")
+        result[entry.concept] = entry
+    return result

@@ -1,0 +1,197 @@
+"""Patterns as data, and the one matcher every pass uses.
+
+A pattern is a small tree: an op (a concept name such as "conv2d", a module type, a function, a method name
+or an aten op; known forms of one concept all match each other) and patterns for the node's leading tensor
+inputs. ``Pattern.chain(nn.Conv2d, nn.BatchNorm2d, nn.ReLU)`` reads first-to-last, the way migrating
+torch.ao users write fusion patterns. Inner nodes of a match must have a single user unless their pattern says
+``multi_user=True``, because rewriting a shared value would change what its other users see.
+
+Matching is anchored at the pattern's last op and visits each node once per rule, so its cost grows linearly
+with the graph. A failed match is a value (``NoMatch``) carrying its reason, so passes can record near misses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+from torch.fx import Graph, Node
+
+from fxq import ops
+from fxq.errors import ConfigError
+
+
+class _Any:
+    """Wildcard input: matches any value (node or constant) without constraining it."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _Any()
+
+
+def _caller_location() -> str:
+    frame = inspect.stack(context=0)[2]
+    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+
+
+@dataclass(frozen=True, eq=False)
+class Pattern:
+    """One op and the patterns of its leading inputs.
+
+    Args:
+        op: concept name ("relu"), module type (nn.ReLU), function (F.relu), method name or aten op.
+        inputs: patterns (or ANY) for the node's first positional arguments, in order.
+        name: capture name; the matched node is passed to the rewrite under this name.
+        multi_user: allow this (inner) node to have users outside the match.
+    """
+
+    op: object
+    inputs: tuple = ()
+    name: str | None = None
+    multi_user: bool = False
+    where: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.where:
+            object.__setattr__(self, "where", _caller_location())
+        key = ops.key_of(self.op)
+        known = ops.concept_of_key(key)
+        if isinstance(self.op, str) and self.op in ops.known_concepts():
+            want = ("concept", self.op)
+        elif known:
+            want = ("concept", known[0])
+        elif isinstance(self.op, str):
+            raise ConfigError(f"pattern op {self.op!r} ({self.where}) is neither a known concept nor a known "
+                              f"method; known concepts: {', '.join(ops.known_concepts())}")
+        else:
+            want = key
+        object.__setattr__(self, "_want", want)
+
+    @staticmethod
+    def chain(*ops_in_order: object, names: Sequence[str | None] | None = None) -> Pattern:
+        """A sequence, first op first; each op's first input is the previous op's output."""
+        if not ops_in_order:
+            raise ConfigError("Pattern.chain needs at least one op")
+        names = list(names) if names is not None else [None] * len(ops_in_order)
+        where = _caller_location()
+        pattern = Pattern(ops_in_order[0], (ANY,), names[0], where=where)
+        for op, name in zip(ops_in_order[1:], names[1:], strict=True):
+            pattern = Pattern(op, (pattern,), name, where=where)
+        return pattern
+
+    @staticmethod
+    def of(spec: object) -> Pattern:
+        """Accept a Pattern, a first-to-last tuple ``(nn.Conv2d, nn.ReLU)``, or torch.ao's older reversed
+        nested form ``(nn.ReLU, (nn.BatchNorm2d, nn.Conv2d))``."""
+        if isinstance(spec, Pattern):
+            return spec
+        if isinstance(spec, tuple):
+            if len(spec) == 2 and isinstance(spec[1], tuple):
+                return Pattern(spec[0], (Pattern.of(spec[1]),), where=_caller_location())
+            if any(isinstance(item, tuple) for item in spec):
+                raise ConfigError(f"cannot read pattern {spec!r}: use a flat first-to-last tuple or a Pattern")
+            return Pattern.chain(*spec)
+        return Pattern(spec, (ANY,), where=_caller_location())
+
+    def describe(self) -> str:
+        """Short text for logs: "conv2d -> batch_norm -> relu" for chains, nested otherwise."""
+        op = self._want[1] if self._want[0] == "concept" else getattr(self.op, "__name__", str(self.op))
+        inner = [p.describe() for p in self.inputs if isinstance(p, Pattern)]
+        if len(inner) == 1 and len(self.inputs) == 1:
+            return f"{inner[0]} -> {op}"
+        return f"{op}({', '.join(inner)})" if inner else str(op)
+
+    def nodes_in_order(self) -> Iterator[Pattern]:
+        """Sub-patterns, inputs before the op (the order a chain is written)."""
+        for sub in self.inputs:
+            if isinstance(sub, Pattern):
+                yield from sub.nodes_in_order()
+        yield self
+
+
+@dataclass
+class Match:
+    """A successful match: the anchor (last op), captures by name, and every matched node, inputs first."""
+
+    pattern: Pattern
+    anchor: Node
+    captures: dict[str, Node]
+    nodes: list[Node]
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@dataclass
+class NoMatch:
+    """A failed match and why; ``near`` is True when the anchor op matched but something inside did not."""
+
+    reason: str
+    near: bool = False
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module]) -> bool:
+    """True if ``node`` computes the op ``pattern`` asks for (any known form of the same concept)."""
+    key = ops.form_key(node, modules)
+    if key is None:
+        return False
+    kind, want = pattern._want
+    if kind == "concept":
+        found = ops.concept_of_key(key)
+        return found is not None and found[0] == want
+    return key == (kind, want)
+
+
+def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor: bool = True) -> Match | NoMatch:
+    """Try ``pattern`` with its last op at ``node``."""
+    if not op_matches(pattern, node, modules):
+        return NoMatch(f"{node.name} is not {pattern.describe()}")
+    captures: dict[str, Node] = {}
+    nodes: list[Node] = []
+    for index, sub in enumerate(pattern.inputs):
+        if sub is ANY:
+            continue
+        if index >= len(node.args) or not isinstance(node.args[index], Node):
+            return NoMatch(f"{node.name} has no node input {index} for {sub.describe()}", near=True)
+        child = node.args[index]
+        found = match(sub, child, modules, anchor=False)
+        if not found:
+            return NoMatch(found.reason, near=True)
+        if len(child.users) > 1 and not sub.multi_user:
+            users = ", ".join(sorted(user.name for user in child.users))
+            return NoMatch(f"{child.name} has {len(child.users)} users ({users}); fusing would change what the "
+                           f"others see", near=True)
+        captures.update(found.captures)
+        nodes.extend(found.nodes)
+    if pattern.name:
+        captures[pattern.name] = node
+    nodes.append(node)
+    return Match(pattern, node, captures, nodes)
+
+
+def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
+                 claimed: set[Node] | None = None) -> Iterator[tuple[Node, Match | NoMatch]]:
+    """Match ``pattern`` anchored at every node, last node first, skipping nodes already in a match.
+
+    Yields (anchor, result) for successes and near misses; plain non-matches are not reported. Nodes of a
+    success are added to ``claimed`` so that no node belongs to two matches.
+    """
+    claimed = set() if claimed is None else claimed
+    for node in reversed(graph.nodes):
+        if node in claimed:
+            continue
+        result = match(pattern, node, modules)
+        if result:
+            if any(member in claimed for member in result.nodes):
+                continue
+            claimed.update(result.nodes)
+            yield node, result
+        elif result.near:
+            yield node, result

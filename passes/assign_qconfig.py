@@ -1,0 +1,69 @@
+"""assign_qconfig: choose each op node's QConfig from the QConfigMapping and record which rule chose it.
+
+Needs a normalized (usually fused) graph whose nodes carry their module scope, and ``ctx.qconfig_mapping``.
+Afterwards every op node's annotation holds ``qconfig`` (None: stay float) and ``qconfig_rule``. A mapping rule
+that names a module the model does not have is an error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from torch.fx import GraphModule, Node
+
+from fxq.annotation import info, leave_float
+from fxq.errors import ConfigError
+from fxq.graph_pass import GraphPass, PassContext
+from fxq.nn.fused import FusedModule
+from fxq.pass_registry import register_pass
+
+_OPS = ("call_module", "call_function", "call_method")
+
+
+@register_pass
+@dataclass(frozen=True)
+class AssignQConfig(GraphPass):
+    """Resolve the QConfigMapping for every op node (torch.ao's precedence; see QConfigMapping)."""
+
+    name = "assign-qconfig"
+    requires = frozenset({"normalized"})
+    provides = frozenset({"qconfig_assigned"})
+    preserves_numerics = True
+
+    def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        mapping = ctx.qconfig_mapping
+        if mapping is None:
+            raise ConfigError("assign-qconfig needs a QConfigMapping: pass one to prepare(), e.g. "
+                              "fxq.get_default_qconfig_mapping('x86')")
+        source = ctx.original if ctx.original is not None else gm
+        mapping.validate({name for name, _ in source.named_modules()})
+        modules = dict(gm.named_modules())
+        seen: dict[tuple[str, object], int] = defaultdict(int)
+        for node in gm.graph.nodes:
+            if node.op not in _OPS:
+                continue
+            path, module_type, function, order_path, order_object = _scope(node, modules)
+            index = seen[(order_path, order_object)]
+            seen[(order_path, order_object)] += 1
+            resolution = mapping.resolve(module_path=path, module_type=module_type, function=function,
+                                         order_key=(order_path, order_object, index))
+            record = info(node)
+            record.qconfig, record.qconfig_rule = resolution.qconfig, resolution.rule
+            if resolution.qconfig is None:
+                leave_float(node, f"qconfig is None (rule {resolution.rule})")
+        return gm
+
+
+def _scope(node: Node, modules: dict) -> tuple[str, type | None, object, str, object]:
+    """(module path, module type, function, order path, order object) as QConfigMapping resolution wants them.
+
+    A fused module is matched by its first member's type (``nn.Conv2d`` rules apply to a fused conv+relu).
+    """
+    record = info(node)
+    if node.op == "call_module":
+        module = modules[node.target]
+        module_type = type(module.op) if isinstance(module, FusedModule) else type(module)
+        parent = node.target.rpartition(".")[0]
+        return node.target, module_type, None, parent, module_type
+    return record.module_path, record.module_type, node.target, record.module_path, node.target

@@ -1,0 +1,115 @@
+"""fuse: merge conv/linear with the batch norm and ReLU after them, for inference.
+
+Needs a normalized graph (concepts named, no in-place ops) from a model in eval mode. Afterwards batch norms
+that follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
+merged with it into one fused module (``fxq.nn.fused``), called at the first member's path. Functional forms
+and modules called more than once are left alone, with the reason recorded as a near miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from fxq.annotation import info
+from fxq.graph_pass import GraphPass, PassContext
+from fxq.nn.fold import fold_batch_norm
+from fxq.nn.fused import fused_with_relu
+from fxq.pass_registry import register_pass
+from fxq.pattern import Pattern
+from fxq.rewriter import Declined, Rewriter, Rule
+
+
+def conv_bn_relu(rw: Rewriter, op: Node, bn: Node, relu: Node) -> Node | Declined:
+    """Fold the batch norm into the conv, then fuse the ReLU."""
+    folded = conv_bn(rw, op, bn)
+    return folded if isinstance(folded, Declined) else op_relu(rw, op, relu)
+
+
+def conv_bn(rw: Rewriter, op: Node, bn: Node) -> Node | Declined:
+    """Replace the conv (or linear) with a copy whose weights include the batch norm."""
+    problem = _not_fusable(rw, op, bn)
+    if problem:
+        return Declined(problem)
+    layer, norm = rw.modules[op.target], rw.modules[bn.target]
+    if norm.num_features != layer.weight.shape[0]:
+        return Declined(f"{bn.name} normalises {norm.num_features} features but {op.name} has "
+                        f"{layer.weight.shape[0]} outputs")
+    if norm.running_mean is None:
+        return Declined(f"{bn.name} has no running statistics to fold (track_running_stats=False)")
+    rw.set_module(op.target, fold_batch_norm(layer, norm))
+    _merge(rw, op, bn)
+    return op
+
+
+def op_relu(rw: Rewriter, op: Node, relu: Node) -> Node | Declined:
+    """Wrap the op's module and a ReLU in one fused module at the op's path."""
+    problem = _not_fusable(rw, op, None)
+    if problem:
+        return Declined(problem)
+    module = rw.modules[op.target]
+    fused_type = fused_with_relu(module)
+    if fused_type is None:
+        return Declined(f"{type(module).__name__} has no fused form with ReLU")
+    rw.set_module(op.target, fused_type(module, nn.ReLU()))
+    _merge(rw, op, relu)
+    return op
+
+
+def _not_fusable(rw: Rewriter, op: Node, other: Node | None) -> str | None:
+    for node in (op, other):
+        if node is None:
+            continue
+        if node.op != "call_module":
+            return f"{node.name} is a {node.op.replace('_', ' ')}; only module forms are fused"
+        calls = sum(1 for n in rw.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
+        if calls > 1:
+            return f"module {node.target!r} is called {calls} times; folding it would change the other calls"
+        if rw.modules[node.target].training:
+            return f"module {node.target!r} is in training mode; fusion for inference needs eval mode"
+    return None
+
+
+def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
+    """``gone``'s value is now computed by ``keep``: rewire its users and record the group on ``keep``."""
+    gone.replace_all_uses_with(keep)
+    record, other = info(keep), info(gone)
+    record.fused_from = (record.fused_from or (keep.name,)) + (other.fused_from or (gone.name,))
+    record.fused_group = "+".join(record.fused_from)
+    record.concept = getattr(rw.modules[keep.target], "concept", record.concept)
+    rw.stamp(keep)
+    rw.gm.graph.erase_node(gone)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NAMES = ("op", "bn", "relu")
+
+RULES = [
+    # conv -> batch norm -> relu: fold the norm, fuse the relu
+    *[Rule(Pattern.chain(conv, "batch_norm", "relu", names=_NAMES), conv_bn_relu, "conv+bn+relu") for conv in _CONVS],
+    # conv -> batch norm: fold the norm into the conv's weights
+    *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), conv_bn, "conv+bn") for conv in _CONVS],
+    # linear -> batch norm 1d: fold the norm into the linear's weights
+    Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), conv_bn, "linear+bn1d"),
+    # conv/linear -> relu: one fused module so one kernel runs both
+    *[Rule(Pattern.chain(op, "relu", names=("op", "relu")), op_relu, "op+relu") for op in (*_CONVS, nn.Linear)],
+    # batch norm -> relu (no conv before it): fused too
+    Rule(Pattern.chain("batch_norm", "relu", names=("op", "relu")), op_relu, "bn+relu"),
+]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Fuse(GraphPass):
+    """Fold batch norms and fuse ReLUs (see the module docstring)."""
+
+    name = "fuse"
+    requires = frozenset({"normalized"})
+    provides = frozenset({"fused"})
+    preserves_numerics = True
+
+    def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        Rewriter(gm, self.name).apply(RULES)
+        return gm

@@ -1,0 +1,147 @@
+"""insert_observers: put an observer on every float tensor a quantized op reads or writes.
+
+Needs qconfigs assigned (and ``ctx.example_inputs``, to learn which values are float tensors). Afterwards each
+op that the backend can quantize and whose qconfig is not None has observers on its float tensor inputs and on
+its output: its own (``qconfig.activation``), the input's (ops such as maxpool that cannot widen the range) or a
+fixed-qparams one (sigmoid, softmax, ...). Each tensor has at most one observer however many users it has;
+integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from fxq.annotation import info, leave_float
+from fxq.backends import Observation, OpSupport, get_backend
+from fxq.graph_pass import GraphPass, PassContext
+from fxq.observers import FixedQParamsObserver, Observer
+from fxq.pass_registry import register_pass
+from fxq.rewriter import Rewriter
+from fxq.shapes import float_tensors_in, is_float_tensor, propagate
+
+_OPS = ("call_module", "call_function", "call_method")
+
+
+@register_pass
+@dataclass(frozen=True)
+class InsertObservers(GraphPass):
+    """Insert activation observers as the backend table and each node's qconfig ask (see module docstring)."""
+
+    name = "insert-observers"
+    requires = frozenset({"qconfig_assigned"})
+    provides = frozenset({"observed"})
+
+    def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        if ctx.example_inputs:
+            propagate(gm, ctx.example_inputs)
+        _Placement(gm, get_backend(ctx.backend), Rewriter(gm, self.name)).run()
+        return gm
+
+
+class _Placement:
+    """One walk over the graph in order; ``quantized`` maps each quantized value to its observer's name."""
+
+    def __init__(self, gm: GraphModule, backend, rw: Rewriter) -> None:
+        self.gm, self.backend, self.rw = gm, backend, rw
+        self.quantized: dict[Node, str] = {}
+
+    def run(self) -> None:
+        for node in list(self.gm.graph.nodes):
+            if node.op in _OPS and node not in self.quantized:
+                self._place(node)
+
+    def _place(self, node: Node) -> None:
+        record = info(node)
+        if record.qconfig is None:
+            leave_float(node, "no qconfig applies to it")
+            return
+        support = self.backend.support(record.concept)
+        if support is None:
+            what = record.concept or _describe_target(node)
+            leave_float(node, f"backend {self.backend.name!r} has no quantized form of {what}")
+            return
+        if support.weighted and record.qconfig.weight is None:
+            leave_float(node, "its qconfig has no weight observer")
+            return
+        if support.observation is Observation.SHARED:
+            self._share(node)
+            return
+        if not is_float_tensor(node):
+            leave_float(node, "its output is not a float tensor")
+            return
+        for index, arg in enumerate(_activation_inputs(node, support)):
+            self._observe_input(node, index, arg)
+        self._observe_output(node, self._new_observer(node, support))
+
+    def _share(self, node: Node) -> None:
+        source = node.args[0] if node.args else None
+        observer = self.quantized.get(source) if isinstance(source, Node) else None
+        if not (is_float_tensor(source) or float_tensors_in(source)):
+            leave_float(node, "it does not operate on a float tensor")
+        elif observer is None:
+            leave_float(node, "its input is float, so it runs in float too")
+        elif is_float_tensor(node):
+            self._observe_output(node, observer)
+        elif float_tensors_in(node):
+            self.quantized[node] = observer  # a tuple of quantized tensors: each getitem re-observes
+            info(node).observers["output"] = observer
+        else:
+            leave_float(node, "its output is not a float tensor")
+
+    def _new_observer(self, node: Node, support: OpSupport) -> str:
+        if support.observation is Observation.FIXED:
+            fixed = support.fixed
+            observer = FixedQParamsObserver(scale=fixed.scale, zero_point=fixed.zero_point, dtype=fixed.dtype)
+        else:
+            observer = info(node).qconfig.activation()
+        return self._add_observer(node, observer)
+
+    def _add_observer(self, node: Node, observer: nn.Module) -> str:
+        if not isinstance(observer, Observer):
+            raise TypeError(f"qconfig of {node.name} made a {type(observer).__name__}, not an fxq Observer")
+        name = self.rw.unique_name(f"obs_{node.name}")
+        observer.node_name = node.name
+        self.gm.add_submodule(name, observer)
+        self.rw.modules[name] = observer
+        return name
+
+    def _observe_output(self, node: Node, observer: str) -> None:
+        call = self.rw.insert("call_module", observer, (node,), after=node, like=node)
+        node.replace_all_uses_with(call, delete_user_cb=lambda user: user is not call)
+        self.quantized[call] = observer
+        info(node).observers["output"] = observer
+
+    def _observe_input(self, consumer: Node, index: int, value: Node) -> None:
+        if value in self.quantized:
+            info(consumer).observers[f"input{index}"] = self.quantized[value]
+            return
+        existing = next((u for u in value.users if u in self.quantized), None)
+        if existing is None:
+            observer = self._add_observer(value, info(consumer).qconfig.activation())
+            existing = self.rw.insert("call_module", observer, (value,), after=value, like=consumer)
+            self.quantized[existing] = observer
+        consumer.replace_input_with(value, existing)
+        info(consumer).observers[f"input{index}"] = self.quantized[existing]
+
+
+def _activation_inputs(node: Node, support: OpSupport) -> list[Node]:
+    """The float tensor nodes among the op's inputs, except a functional weighted op's weight and bias."""
+    args = list(node.args)
+    if support.weight_arg is not None and node.op == "call_function":
+        args = args[: support.weight_arg]
+    found: list[Node] = []
+    for arg in args:
+        for item in arg if isinstance(arg, (list, tuple)) else (arg,):
+            if is_float_tensor(item) and item not in found:
+                found.append(item)
+    return found
+
+
+def _describe_target(node: Node) -> str:
+    target = node.target
+    if node.op == "call_module":
+        return f"module {target!r}"
+    return getattr(target, "__name__", str(target))

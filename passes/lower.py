@@ -1,0 +1,117 @@
+"""lower: replace observers with real quantization, then apply the backend's kernel rules.
+
+Needs an observed graph whose observers have seen calibration data (an observer that saw none is an error
+naming its node). Afterwards every observer is an explicit ``quantize_per_tensor -> dequantize`` pair with the
+observed qparams, weighted ops hold their weight as a quantized tensor (per-tensor or per-channel, as the
+weight observer says), and the backend's lowering rules (none for "reference") have rewritten the reference
+patterns they support into native kernels. Every op node records what it became, or why it stayed float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.fx import GraphModule, Node
+
+from fxq.annotation import info
+from fxq.backends import get_backend
+from fxq.graph_pass import GraphPass, PassContext
+from fxq.nn.fused import FusedModule
+from fxq.nn.reference import WeightQuantized
+from fxq.observers import Observer
+from fxq.pass_registry import register_pass
+from fxq.quantize_tensor import describe_qparams, quantize_with
+from fxq.rewriter import Rewriter
+
+_OPS = ("call_module", "call_function", "call_method")
+
+
+@register_pass
+@dataclass(frozen=True)
+class Lower(GraphPass):
+    """Observers -> quantize/dequantize, weights -> quantized tensors, then the backend's kernel rules."""
+
+    name = "lower"
+    requires = frozenset({"observed"})
+    provides = frozenset({"lowered"})
+
+    def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        backend = get_backend(ctx.backend)
+        rw = Rewriter(gm, self.name)
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
+                _quantize_dequantize(rw, node)
+        for node in list(gm.graph.nodes):
+            if node.op in _OPS and "output" in info(node).observers:
+                support = backend.support(info(node).concept)
+                if support is not None and support.weighted:
+                    _quantize_weight(rw, node, support)
+        _record_status(gm, backend.name)
+        if backend.lowering_rules:
+            rw.apply(backend.lowering_rules)
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        return gm
+
+
+def _quantize_dequantize(rw: Rewriter, call: Node) -> None:
+    observer = rw.modules[call.target]
+    value = call.args[0]
+    qparams = describe_qparams(observer)
+    scale, zero_point = observer.calculate_qparams()
+    q = rw.insert("call_function", torch.quantize_per_tensor, (value, float(scale), int(zero_point), observer.dtype),
+                  after=call, like=value)
+    dq = rw.insert("call_method", "dequantize", (q,), after=q, like=value)
+    for node, role in ((q, "quantize"), (dq, "dequantize")):
+        info(node).lowered_to = role
+        info(node).qparams["output"] = qparams
+    call.replace_all_uses_with(dq)
+    rw.gm.graph.erase_node(call)
+    producer = info(value)
+    producer.qparams.setdefault("output", qparams)
+
+
+def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
+    qconfig = info(node).qconfig
+    observer = qconfig.weight()
+    observer.node_name = f"{node.name} (weight)"
+    if node.op == "call_module":
+        module = rw.modules[node.target]
+        weight_name = "0.weight" if isinstance(module, FusedModule) else "weight"
+        weight = module.get_parameter(weight_name)
+        observer(weight.detach())
+        rw.set_module(node.target, WeightQuantized(module, quantize_with(observer, weight), weight_name))
+    else:
+        weight_node = node.args[support.weight_arg]
+        weight = _constant(rw.gm, weight_node)
+        if weight is None:
+            info(node).float_reason = None
+            info(node).declined.append(("lower", f"weight {weight_node} is computed at run time; kept float"))
+            return
+        observer(weight.detach())
+        name = rw.unique_name(f"{weight_node.target}_quantized")
+        rw.gm.register_buffer(name, quantize_with(observer, weight))
+        attr = rw.insert("get_attr", name, (), before=node, like=node)
+        dq = rw.insert("call_method", "dequantize", (attr,), before=node, like=node)
+        node.replace_input_with(weight_node, dq)
+    info(node).qparams["weight"] = describe_qparams(observer)
+
+
+def _constant(gm: GraphModule, value) -> torch.Tensor | None:
+    if isinstance(value, Node) and value.op == "get_attr":
+        owner_path, _, leaf = value.target.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        return getattr(owner, leaf)
+    return None
+
+
+def _record_status(gm: GraphModule, backend: str) -> None:
+    for node in gm.graph.nodes:
+        record = info(node)
+        if node.op not in _OPS or record.lowered_to is not None:
+            continue
+        if "output" in record.observers:
+            record.lowered_to = f"{backend}:{record.concept}"
+        else:
+            record.lowered_to = "float"
