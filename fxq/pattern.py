@@ -31,11 +31,18 @@ class _Any:
 
 
 ANY = _Any()
+_PATTERN_FILES = {__file__, __file__.replace("pattern.py", "rewriter.py")}
 
 
-def _caller_location() -> str:
-    frame = inspect.stack(context=0)[2]
-    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+def definition_site() -> str:
+    """file:line of the code that wrote a pattern or rule: the first frame outside fxq's own pattern code."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and filename not in _PATTERN_FILES:
+            return f"{filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "unknown"
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +64,7 @@ class Pattern:
 
     def __post_init__(self) -> None:
         if not self.where:
-            object.__setattr__(self, "where", _caller_location())
+            object.__setattr__(self, "where", definition_site())
         key = ops.key_of(self.op)
         known = ops.concept_of_key(key)
         if isinstance(self.op, str) and self.op in ops.known_concepts():
@@ -77,7 +84,7 @@ class Pattern:
         if not ops_in_order:
             raise ConfigError("Pattern.chain needs at least one op")
         names = list(names) if names is not None else [None] * len(ops_in_order)
-        where = _caller_location()
+        where = definition_site()
         pattern = Pattern(ops_in_order[0], (ANY,), names[0], where=where)
         for op, name in zip(ops_in_order[1:], names[1:], strict=True):
             pattern = Pattern(op, (pattern,), name, where=where)
@@ -91,11 +98,11 @@ class Pattern:
             return spec
         if isinstance(spec, tuple):
             if len(spec) == 2 and isinstance(spec[1], tuple):
-                return Pattern(spec[0], (Pattern.of(spec[1]),), where=_caller_location())
+                return _reversed_nested(spec)
             if any(isinstance(item, tuple) for item in spec):
                 raise ConfigError(f"cannot read pattern {spec!r}: use a flat first-to-last tuple or a Pattern")
             return Pattern.chain(*spec)
-        return Pattern(spec, (ANY,), where=_caller_location())
+        return Pattern(spec, (ANY,), where=definition_site())
 
     def describe(self) -> str:
         """Short text for logs: "conv2d -> batch_norm -> relu" for chains, nested otherwise."""
@@ -111,6 +118,13 @@ class Pattern:
             if isinstance(sub, Pattern):
                 yield from sub.nodes_in_order()
         yield self
+
+
+def _reversed_nested(spec: object) -> Pattern:
+    """torch.ao's older form: (last op, (previous op, (... first op)))."""
+    if isinstance(spec, tuple):
+        return Pattern(spec[0], (_reversed_nested(spec[1]),))
+    return Pattern(spec, (ANY,))
 
 
 @dataclass

@@ -8,7 +8,6 @@ anchor, so the dump can say why a near miss did not fire).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import info, stamp
-from fxq.pattern import Match, Pattern, find_matches
+from fxq.pattern import Match, Pattern, definition_site, find_matches
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not self.where:
-            frame = inspect.stack(context=0)[1]
-            object.__setattr__(self, "where", f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}")
+            object.__setattr__(self, "where", definition_site())
 
     @property
     def name(self) -> str:

@@ -110,6 +110,7 @@ class _Placement:
 
     def _observe_output(self, node: Node, observer: str) -> None:
         call = self.rw.insert("call_module", observer, (node,), after=node, like=node)
+        call.meta["tensor_meta"] = node.meta.get("tensor_meta")
         node.replace_all_uses_with(call, delete_user_cb=lambda user: user is not call)
         self.quantized[call] = observer
         info(node).observers["output"] = observer
@@ -122,6 +123,7 @@ class _Placement:
         if existing is None:
             observer = self._add_observer(value, info(consumer).qconfig.activation())
             existing = self.rw.insert("call_module", observer, (value,), after=value, like=consumer)
+            existing.meta["tensor_meta"] = value.meta.get("tensor_meta")
             self.quantized[existing] = observer
         consumer.replace_input_with(value, existing)
         info(consumer).observers[f"input{index}"] = self.quantized[existing]

@@ -1,0 +1,133 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxq.annotation import info
+from fxq.graph_pass import PassContext
+from fxq.observers import FixedQParamsObserver, MinMaxObserver, Observer, PerChannelMinMaxObserver
+from fxq.qconfig import QConfig
+from fxq.qconfig_mapping import QConfigMapping
+from tests.passes.helpers import run, traced
+
+QC = QConfig(activation=MinMaxObserver.with_args(), weight=PerChannelMinMaxObserver.with_args())
+
+
+def _observed(model, *inputs, mapping=None):
+    mapping = mapping or QConfigMapping().set_global(QC)
+    ctx = PassContext(qconfig_mapping=mapping, example_inputs=inputs, original=model)
+    gm = run(traced(model.eval()), "normalize", "fuse", "assign-qconfig", "insert-observers", ctx=ctx)
+    return gm
+
+
+def _sequence(gm):
+    """Op nodes in order, with observer calls shown as 'obs:<observer>'."""
+    modules = dict(gm.named_modules())
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(modules[n.target], Observer):
+            out.append(f"obs:{n.target}")
+        elif n.op in ("call_module", "call_function", "call_method"):
+            out.append(n.name)
+    return out
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.pool = nn.MaxPool1d(2)
+
+    def forward(self, x):
+        y = self.fc(x)
+        a = torch.sigmoid(y)
+        b = y.flatten(1)
+        c = self.pool(y.unsqueeze(1))
+        return a, b, c, y * 2
+
+
+def test_structure_own_shared_fixed():
+    gm = _observed(Branchy(), torch.randn(2, 4))
+    assert _sequence(gm) == [
+        "obs:obs_x", "fc", "obs:obs_fc",
+        "sigmoid", "obs:obs_sigmoid",           # fixed qparams
+        "flatten", "obs:obs_fc",                # shares fc's observer
+        "unsqueeze", "obs:obs_fc", "pool", "obs:obs_fc",
+        "mul", "obs:obs_mul",
+    ]
+    assert isinstance(gm.get_submodule("obs_sigmoid"), FixedQParamsObserver)
+    assert info(next(n for n in gm.graph.nodes if n.name == "fc")).observers == {"input0": "obs_x",
+                                                                                 "output": "obs_fc"}
+
+
+def test_one_observer_per_tensor_with_many_users():
+    class Fanout(nn.Module):
+        def forward(self, x):
+            return x + 1, x * 3, torch.cat([x, x], 1)
+
+    gm = _observed(Fanout(), torch.randn(2, 3))
+    observer_calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "obs_x"]
+    assert len(observer_calls) == 1
+
+
+def test_no_observer_on_shape_arithmetic_integers_or_bools():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, ids, mask):
+            h = self.fc(self.emb(ids))
+            n = h.size(0) * 2
+            keep = mask.unsqueeze(-1)
+            return h.reshape(n // 2, 3, -1) * keep.float(), (ids + 1)
+
+    ids = torch.randint(0, 10, (2, 3))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    gm = _observed(Masked(), ids, mask)
+    modules = dict(gm.named_modules())
+    observed_inputs = {n.args[0].name for n in gm.graph.nodes
+                       if n.op == "call_module" and isinstance(modules[n.target], Observer)}
+    assert "ids" not in observed_inputs and "mask" not in observed_inputs
+    assert "size" not in observed_inputs and "mul" not in observed_inputs  # size(0) * 2 is Python ints
+    assert "add" not in observed_inputs  # ids + 1 is an integer tensor
+    add = next(n for n in gm.graph.nodes if n.name == "add")
+    assert "not a float tensor" in info(add).float_reason
+    assert "emb" in observed_inputs or info(next(n for n in gm.graph.nodes if n.name == "emb")).float_reason
+
+
+def test_float_ops_keep_exact_inputs_and_are_explained():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x), torch.exp(x)
+
+    gm = _observed(Mixed(), torch.randn(2, 4))
+    exp = next(n for n in gm.graph.nodes if n.name == "exp")
+    assert exp.args[0].op == "placeholder"  # the float op reads x itself, not the observer
+    assert "no quantized form of" in info(exp).float_reason
+
+
+def test_functional_linear_weight_is_not_observed_as_an_activation():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 4))
+            self.b = nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return F.linear(x, self.w, self.b)
+
+    gm = _observed(Fn(), torch.randn(2, 4))
+    assert _sequence(gm) == ["obs:obs_x", "linear", "obs:obs_linear"]
+
+
+def test_prepared_graph_still_computes_the_float_function():
+    model = Branchy().eval()
+    x = torch.randn(3, 4)
+    gm = _observed(model, x)
+    for got, want in zip(gm(x), model(x), strict=True):
+        assert torch.equal(got, want)

@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxq.annotation import info
+from fxq.errors import CalibrationError
+from fxq.graph_pass import PassContext
+from fxq.nn.reference import WeightQuantized
+from fxq.observers import MinMaxObserver, PerChannelMinMaxObserver
+from fxq.qconfig import QConfig
+from fxq.qconfig_mapping import QConfigMapping
+from tests.passes.helpers import run, traced
+
+QC = QConfig(activation=MinMaxObserver.with_args(), weight=PerChannelMinMaxObserver.with_args())
+QC_PER_TENSOR_W = QConfig(activation=MinMaxObserver.with_args(),
+                          weight=MinMaxObserver.with_args(dtype=torch.qint8, symmetric=True))
+
+
+def _prepared(model, x, qconfig=QC):
+    mapping = QConfigMapping().set_global(qconfig)
+    ctx = PassContext(qconfig_mapping=mapping, example_inputs=(x,), original=model)
+    return run(traced(model.eval()), "normalize", "fuse", "assign-qconfig", "insert-observers", ctx=ctx)
+
+
+def _lowered(gm):
+    return run(gm, "lower")
+
+
+def test_observers_become_quantize_dequantize_with_observed_qparams():
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.linspace(-1, 3, 8).reshape(2, 4)
+    gm = _prepared(model, x)
+    gm(x)
+    out = _lowered(gm)
+    ops = [(n.op, n.target if n.op != "call_module" else type(out.get_submodule(n.target)).__name__)
+           for n in out.graph.nodes if n.op not in ("placeholder", "output")]
+    assert ops == [("call_function", torch.quantize_per_tensor), ("call_method", "dequantize"),
+                   ("call_module", "WeightQuantized"),
+                   ("call_function", torch.quantize_per_tensor), ("call_method", "dequantize")]
+    q_input = next(n for n in out.graph.nodes if n.target is torch.quantize_per_tensor)
+    # min/max of x are -1, 3: affine quint8 scale 4/255, zero point round(1 / (4/255)) = round(63.75) = 64
+    assert q_input.args[1] == pytest.approx(4 / 255)
+    assert q_input.args[2] == 64
+    assert q_input.args[3] == torch.quint8
+
+
+def test_weights_are_real_quantized_tensors_per_channel_or_per_tensor():
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU())
+    x = torch.randn(1, 2, 4, 4)
+    for qconfig, scheme in ((QC, torch.per_channel_symmetric), (QC_PER_TENSOR_W, torch.per_tensor_symmetric)):
+        gm = _prepared(model, x, qconfig)
+        gm(x)
+        out = _lowered(gm)
+        module = out.get_submodule("0")
+        assert isinstance(module, WeightQuantized)
+        assert module.qweight.dtype == torch.qint8
+        assert module.qweight.qscheme() in (scheme, torch.per_channel_affine, torch.per_tensor_affine)
+        node = next(n for n in out.graph.nodes if n.target == "0")
+        assert info(node).qparams["weight"]["scheme"] == ("per_channel" if qconfig is QC else "per_tensor")
+        assert info(node).lowered_to == "reference:conv2d_relu"
+
+
+def test_functional_linear_weight_quantized_through_get_attr():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x):
+            return F.linear(x, self.w)
+
+    x = torch.randn(2, 4)
+    model = Fn().eval()
+    gm = _prepared(model, x)
+    gm(x)
+    out = _lowered(gm)
+    linear = next(n for n in out.graph.nodes if n.target is F.linear)
+    weight_dq = linear.args[1]
+    assert weight_dq.target == "dequantize" and weight_dq.args[0].op == "get_attr"
+    assert getattr(out, weight_dq.args[0].target).is_quantized
+    assert torch.allclose(out(x), model(x), atol=0.1)
+
+
+def test_converting_without_calibration_names_the_node():
+    model = nn.Sequential(nn.Linear(4, 3))
+    gm = _prepared(model, torch.randn(2, 4))
+    with pytest.raises(CalibrationError, match="input_1"):
+        _lowered(gm)
+
+
+def test_float_nodes_say_why_and_quantized_nodes_say_what_they_became():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.exp(self.fc(x))
+
+    x = torch.randn(2, 4)
+    gm = _prepared(M().eval(), x)
+    gm(x)
+    out = _lowered(gm)
+    records = {n.name: info(n) for n in out.graph.nodes}
+    assert records["fc"].lowered_to == "reference:linear"
+    assert records["exp"].lowered_to == "float"
+    assert "no quantized form of exp" in records["exp"].float_reason
