@@ -38,6 +38,8 @@ class NodeInfo:
         module_type: the type of that module (for call_module nodes, the called module's type).
         fused_from: names of the original nodes merged into this one by fusion.
         fused_group: a name shared by the nodes of one fused unit (e.g. "conv1+bn1+relu1").
+        source_target: for a fused function call, the first fused op's target (``operator.add``), so that
+            QConfigMapping object_type rules written for it still apply.
         qconfig: the QConfig chosen for the node, or None to leave it float.
         qconfig_rule: the QConfigMapping rule that chose ``qconfig``.
         precision: the numeric precision assigned (e.g. "int8"); None until assigned.
@@ -54,6 +56,7 @@ class NodeInfo:
     module_type: type | None = None
     fused_from: tuple[str, ...] = ()
     fused_group: str | None = None
+    source_target: Any = None
     qconfig: Any = None
     qconfig_rule: str | None = None
     precision: str | None = None

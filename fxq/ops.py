@@ -18,6 +18,7 @@ from torch import nn
 from torch.fx import Node
 
 from fxq.errors import ConfigError
+from fxq.nn import functional as fxq_functional
 from fxq.nn import fused
 
 
@@ -103,6 +104,8 @@ _TABLE: list[Concept] = [
     _c("conv2d_relu", [fused.ConvReLU2d]),
     _c("conv3d_relu", [fused.ConvReLU3d]),
     _c("batch_norm_relu", [fused.BNReLU2d, fused.BNReLU3d]),
+    _c("add_relu", [], [fxq_functional.add_relu]),
+    _c("mul_relu", [], [fxq_functional.mul_relu]),
 ]
 
 _BY_NAME: dict[str, Concept] = {}

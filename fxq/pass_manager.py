@@ -79,7 +79,7 @@ class PassManager:
     """An ordered pipeline of passes and the instruments run around each one.
 
     Args:
-        passes: pass instances, or a spec string for ``parse_pipeline``.
+        passes: pass instances or names, or a spec string for ``parse_pipeline``.
         keep_snapshots: deep-copy the GraphModule after every pass into its record.
         verify_numerics: after each pass, run the example inputs and compare with the output before it
             (only for passes that declare ``preserves_numerics = True``); raises PassError on a mismatch.
@@ -87,7 +87,10 @@ class PassManager:
 
     def __init__(self, passes: Sequence[GraphPass] | str, *, keep_snapshots: bool = False,
                  verify_numerics: bool = False) -> None:
-        self.passes = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
+        if isinstance(passes, str):
+            self.passes = parse_pipeline(passes)
+        else:
+            self.passes = [get_pass(p)() if isinstance(p, str) else p for p in passes]
         self.keep_snapshots = keep_snapshots
         self.verify_numerics = verify_numerics
 

@@ -66,4 +66,5 @@ def _scope(node: Node, modules: dict) -> tuple[str, type | None, object, str, ob
         module_type = type(module.op) if isinstance(module, FusedModule) else type(module)
         parent = node.target.rpartition(".")[0]
         return node.target, module_type, None, parent, module_type
-    return record.module_path, record.module_type, node.target, record.module_path, node.target
+    target = record.source_target if record.source_target is not None else node.target
+    return record.module_path, record.module_type, target, record.module_path, target

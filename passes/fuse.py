@@ -2,7 +2,8 @@
 
 Needs a normalized graph (concepts named, no in-place ops) from a model in eval mode. Afterwards batch norms
 that follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
-merged with it into one fused module (``fxq.nn.fused``), called at the first member's path. Functional forms
+merged with it into one fused module (``fxq.nn.fused``), called at the first member's path; ``relu(a + b)``
+and ``relu(a * b)`` become one ``fxq.nn.functional`` call. Functional forms
 and modules called more than once are left alone, with the reason recorded as a near miss.
 """
 
@@ -16,6 +17,7 @@ from torch.fx import GraphModule, Node
 from fxq.annotation import info
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fold import fold_batch_norm
+from fxq.nn.functional import add_relu, mul_relu
 from fxq.nn.fused import fused_with_relu
 from fxq.pass_registry import register_pass
 from fxq.pattern import Pattern
@@ -58,6 +60,20 @@ def op_relu(rw: Rewriter, op: Node, relu: Node) -> Node | Declined:
     return op
 
 
+def elementwise_relu(rw: Rewriter, op: Node, relu: Node) -> Node | Declined:
+    """Replace ``relu(a + b)`` (or ``*``) with one ``add_relu(a, b)`` call: one observer, one kernel."""
+    if len(op.args) != 2 or op.kwargs:
+        return Declined(f"{op.name} has extra arguments ({op.format_node()}); only a plain a+b / a*b fuses")
+    fused_function = FUSED_ELEMENTWISE[info(op).concept]
+    node = rw.insert("call_function", fused_function, tuple(op.args), before=relu, like=op)
+    record = info(node)
+    record.concept = f"{info(op).concept}_relu"
+    record.fused_from = (op.name, relu.name)
+    record.fused_group = "+".join(record.fused_from)
+    record.source_target = op.target
+    return node
+
+
 def _not_fusable(rw: Rewriter, op: Node, other: Node | None) -> str | None:
     for node in (op, other):
         if node is None:
@@ -83,6 +99,7 @@ def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
     rw.gm.graph.erase_node(gone)
 
 
+FUSED_ELEMENTWISE = {"add": add_relu, "mul": mul_relu}
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NAMES = ("op", "bn", "relu")
 
@@ -95,6 +112,9 @@ RULES = [
     Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), conv_bn, "linear+bn1d"),
     # conv/linear -> relu: one fused module so one kernel runs both
     *[Rule(Pattern.chain(op, "relu", names=("op", "relu")), op_relu, "op+relu") for op in (*_CONVS, nn.Linear)],
+    # a + b -> relu, a * b -> relu: one fused call, observed once after the relu
+    Rule(Pattern.chain("add", "relu", names=("op", "relu")), elementwise_relu, "add+relu"),
+    Rule(Pattern.chain("mul", "relu", names=("op", "relu")), elementwise_relu, "mul+relu"),
     # batch norm -> relu (no conv before it): fused too
     Rule(Pattern.chain("batch_norm", "relu", names=("op", "relu")), op_relu, "bn+relu"),
 ]

@@ -14,7 +14,7 @@ SIGNED_UNIT_RANGE = FixedQParams(2.0 / 256.0, 128)
 
 _WEIGHTED = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 _FUSED = ["linear_relu", "conv1d_relu", "conv2d_relu", "conv3d_relu"]
-_OWN = ["add", "mul", "matmul", "cat", "layer_norm", "group_norm", "instance_norm", "batch_norm",
+_OWN = ["add", "mul", "add_relu", "mul_relu", "matmul", "cat", "layer_norm", "group_norm", "instance_norm", "batch_norm",
         "batch_norm_relu", "gelu", "silu", "hardswish", "elu", "leaky_relu"]
 _SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
            "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "flatten",
