@@ -3,7 +3,7 @@
 Needs qconfigs assigned (and ``ctx.example_inputs``, to learn which values are float tensors). Afterwards each
 op that the backend can quantize and whose qconfig is not None has observers on its float tensor inputs and on
 its output: its own (``qconfig.activation``), the input's (ops such as maxpool that cannot widen the range) or a
-fixed-qparams one (sigmoid, softmax, ...). Each tensor has at most one observer however many users it has;
+fixed-qparams one (sigmoid, softmax, ...). Shared and fixed-range ops whose input is float stay float. Each tensor has at most one observer however many users it has;
 integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
 """
 
@@ -71,6 +71,9 @@ class _Placement:
             return
         if not is_float_tensor(node):
             leave_float(node, "its output is not a float tensor")
+            return
+        if support.observation is Observation.FIXED and node.args and node.args[0] not in self.quantized:
+            leave_float(node, "its input is float; quantizing it only for a fixed-range op adds error for nothing")
             return
         for index, arg in enumerate(_activation_inputs(node, support)):
             self._observe_input(node, index, arg)
