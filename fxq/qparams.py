@@ -34,6 +34,9 @@ def qrange(dtype: torch.dtype, quant_min: int | None = None, quant_max: int | No
         if not low <= quant_min < quant_max <= high:
             raise ConfigError(f"quant_min={quant_min}, quant_max={quant_max} must satisfy "
                               f"{low} <= quant_min < quant_max <= {high} for {dtype}")
+        if not quant_min <= 0 <= quant_max:
+            raise ConfigError(f"a custom quantized range must include 0 (so that 0.0 is exact); got "
+                              f"[{quant_min}, {quant_max}]")
         return (quant_min // 2, quant_max // 2) if reduce_range else (quant_min, quant_max)
     if reduce_range and dtype == torch.quint8:
         return 0, 127
