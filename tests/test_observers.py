@@ -17,7 +17,6 @@ from fxq.observers import (
 )
 
 
-
 def _data(seed=0, shape=(4, 6, 5)):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g) * 2 + 0.3
