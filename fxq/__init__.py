@@ -25,6 +25,7 @@ from fxq.pass_registry import available_passes, get_pass, register_pass
 from fxq.pattern import ANY, Pattern
 from fxq.qconfig import QConfig, get_default_qconfig
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+from fxq.rows import NodeRow, inspect
 from fxq.tracing import trace
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "ANY", "CalibrationError", "ConfigError", "FxqError", "FxqWarning", "GraphPass", "NodeInfo", "PassContext",
     "PassError", "PassManager", "PassOrderError", "Pattern", "QConfig", "QConfigMapping", "TraceError",
     "available_passes", "convert", "get_default_qat_qconfig_mapping", "get_default_qconfig",
-    "get_default_qconfig_mapping", "get_pass", "info", "observers", "pass_records", "prepare", "register_pass",
+    "get_default_qconfig_mapping", "get_pass", "info", "inspect", "NodeRow", "observers", "pass_records", "prepare",
+    "register_pass",
     "trace",
 ]

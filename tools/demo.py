@@ -11,7 +11,7 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
-from fxq.inspect import inspect
+from fxq.rows import inspect
 
 
 class DigitsCNN(nn.Module):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import NodeInfo
+from fxq.observers import Observer
 
 _SHOWN_OPS = ("call_module", "call_function", "call_method")
 
@@ -27,16 +28,18 @@ class NodeRow:
     zero_point: str
 
 
-def inspect(gm: GraphModule, *, include_qdq: bool = False) -> list[NodeRow]:
-    """The rows of ``gm``'s op nodes in graph order (quantize/dequantize nodes only if ``include_qdq``)."""
+def inspect(gm: GraphModule, *, include_boundaries: bool = False) -> list[NodeRow]:
+    """The rows of ``gm``'s op nodes in graph order; observers and quantize/dequantize nodes only if
+    ``include_boundaries`` (the op rows already show the qparams they fix)."""
+    modules = dict(gm.named_modules())
     rows = []
     for node in gm.graph.nodes:
         if node.op not in _SHOWN_OPS:
             continue
-        record: NodeInfo | None = node.meta.get("fxq")
-        if record is None:
-            record = NodeInfo()
-        if not include_qdq and record.lowered_to in ("quantize", "dequantize"):
+        record: NodeInfo = node.meta.get("fxq") or NodeInfo()
+        boundary = record.lowered_to in ("quantize", "dequantize") or (
+            node.op == "call_module" and isinstance(modules.get(node.target), Observer))
+        if boundary and not include_boundaries:
             continue
         rows.append(_row(node, record))
     return rows
