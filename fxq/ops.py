@@ -104,6 +104,8 @@ _TABLE: list[Concept] = [
     _c("conv2d_relu", [fused.ConvReLU2d]),
     _c("conv3d_relu", [fused.ConvReLU3d]),
     _c("batch_norm_relu", [fused.BNReLU2d, fused.BNReLU3d]),
+    _c("quantize", [], [torch.quantize_per_tensor]),
+    _c("dequantize", [], [torch.dequantize], ["dequantize"]),
     _c("add_relu", [], [fxq_functional.add_relu]),
     _c("mul_relu", [], [fxq_functional.mul_relu]),
 ]
@@ -191,8 +193,25 @@ def concept_of_key(key: object) -> tuple[str, bool] | None:
 
 
 def concept_of(node: Node, modules: dict[str, nn.Module]) -> str | None:
-    """The concept a node computes, or None if its form is not in the vocabulary."""
+    """The concept a node computes, or None if its form is not in the vocabulary.
+
+    fxq's own modules say what they compute with an ``fxq_concept`` attribute (a fused conv+relu, or a reference
+    module wrapping a linear), which wins over the table.
+    """
+    if node.op == "call_module":
+        declared = getattr(modules[node.target], "fxq_concept", None)
+        if isinstance(declared, str) and declared:
+            return declared
     found = concept_of_key(form_key(node, modules))
+    return found[0] if found else None
+
+
+def concept_of_module(module: nn.Module) -> str | None:
+    """The concept a module computes (its ``fxq_concept``, else its type's), or None if unknown."""
+    declared = getattr(module, "fxq_concept", None)
+    if isinstance(declared, str) and declared:
+        return declared
+    found = concept_of_key(("module", type(module)))
     return found[0] if found else None
 
 

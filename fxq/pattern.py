@@ -158,8 +158,7 @@ def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module]) -> b
         return False
     kind, want = pattern._want
     if kind == "concept":
-        found = ops.concept_of_key(key)
-        return found is not None and found[0] == want
+        return ops.concept_of(node, modules) == want
     return key == (kind, want)
 
 

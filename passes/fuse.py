@@ -94,7 +94,7 @@ def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
     record, other = info(keep), info(gone)
     record.fused_from = (record.fused_from or (keep.name,)) + (other.fused_from or (gone.name,))
     record.fused_group = "+".join(record.fused_from)
-    record.concept = getattr(rw.modules[keep.target], "concept", record.concept)
+    record.concept = getattr(rw.modules[keep.target], "fxq_concept", record.concept)
     rw.stamp(keep)
     rw.gm.graph.erase_node(gone)
 

@@ -1,7 +1,7 @@
 """Fused float units: an op and the activation after it, kept together so one quantized kernel can replace both.
 
 Fusion swaps a ``conv -> relu`` pair of modules for one of these; they compute exactly what the pair computed,
-are leaves to the tracer, and tell later passes (through their ``concept``) which quantized op they become.
+are leaves to the tracer, and tell later passes (through their ``fxq_concept``) which quantized op they become.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from torch import nn
 
 
 class FusedModule(nn.Sequential):
-    """Base of fused units: children run in order; ``concept`` names the combined op for patterns and backends."""
+    """Base of fused units: children run in order; ``fxq_concept`` names the combined op for patterns and backends."""
 
-    concept: str = ""
+    fxq_concept: str = ""
     _fxq_leaf = True
 
     @property
@@ -24,37 +24,37 @@ class FusedModule(nn.Sequential):
 class LinearReLU(FusedModule):
     """Linear followed by ReLU."""
 
-    concept = "linear_relu"
+    fxq_concept = "linear_relu"
 
 
 class ConvReLU1d(FusedModule):
     """Conv1d followed by ReLU."""
 
-    concept = "conv1d_relu"
+    fxq_concept = "conv1d_relu"
 
 
 class ConvReLU2d(FusedModule):
     """Conv2d followed by ReLU."""
 
-    concept = "conv2d_relu"
+    fxq_concept = "conv2d_relu"
 
 
 class ConvReLU3d(FusedModule):
     """Conv3d followed by ReLU."""
 
-    concept = "conv3d_relu"
+    fxq_concept = "conv3d_relu"
 
 
 class BNReLU2d(FusedModule):
     """BatchNorm2d followed by ReLU (when no conv precedes the batch norm)."""
 
-    concept = "batch_norm_relu"
+    fxq_concept = "batch_norm_relu"
 
 
 class BNReLU3d(FusedModule):
     """BatchNorm3d followed by ReLU (when no conv precedes the batch norm)."""
 
-    concept = "batch_norm_relu"
+    fxq_concept = "batch_norm_relu"
 
 
 def fused_with_relu(module: nn.Module) -> type[FusedModule] | None:

@@ -29,6 +29,13 @@ class WeightQuantized(nn.Module):
         self.weight_name = weight_name
         self.register_buffer("qweight", qweight)
 
+    @property
+    def fxq_concept(self) -> str | None:
+        """What the wrapped module computes ("linear", "conv2d_relu", ...), for patterns and backends."""
+        from fxq.ops import concept_of_module
+
+        return concept_of_module(self.module)
+
     def forward(self, *args, **kwargs):
         return functional_call(self.module, {self.weight_name: self.qweight.dequantize()}, args, kwargs)
 
