@@ -129,12 +129,17 @@ def _reversed_nested(spec: object) -> Pattern:
 
 @dataclass
 class Match:
-    """A successful match: the anchor (last op), captures by name, and every matched node, inputs first."""
+    """A successful match: the anchor (last op), captures by name, and every matched node, inputs first.
+
+    ``owned`` are the nodes the match consumes; nodes matched by ``multi_user`` sub-patterns are read, not
+    owned, so other matches may read them too.
+    """
 
     pattern: Pattern
     anchor: Node
     captures: dict[str, Node]
     nodes: list[Node]
+    owned: list[Node]
 
     def __bool__(self) -> bool:
         return True
@@ -168,6 +173,7 @@ def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor
         return NoMatch(f"{node.name} is not {pattern.describe()}")
     captures: dict[str, Node] = {}
     nodes: list[Node] = []
+    owned: list[Node] = []
     for index, sub in enumerate(pattern.inputs):
         if sub is ANY:
             continue
@@ -183,18 +189,21 @@ def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor
                            f"others see", near=True)
         captures.update(found.captures)
         nodes.extend(found.nodes)
+        owned.extend(found.owned)
     if pattern.name:
         captures[pattern.name] = node
     nodes.append(node)
-    return Match(pattern, node, captures, nodes)
+    if not pattern.multi_user:
+        owned.append(node)
+    return Match(pattern, node, captures, nodes, owned)
 
 
 def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
                  claimed: set[Node] | None = None) -> Iterator[tuple[Node, Match | NoMatch]]:
     """Match ``pattern`` anchored at every node, last node first, skipping nodes already in a match.
 
-    Yields (anchor, result) for successes and near misses; plain non-matches are not reported. Nodes of a
-    success are added to ``claimed`` so that no node belongs to two matches.
+    Yields (anchor, result) for successes and near misses; plain non-matches are not reported. The nodes a
+    success owns are added to ``claimed`` so that no node is consumed by two matches.
     """
     claimed = set() if claimed is None else claimed
     for node in reversed(graph.nodes):
@@ -202,9 +211,9 @@ def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
             continue
         result = match(pattern, node, modules)
         if result:
-            if any(member in claimed for member in result.nodes):
+            if any(member in claimed for member in result.owned):
                 continue
-            claimed.update(result.nodes)
+            claimed.update(result.owned)
             yield node, result
         elif result.near:
             yield node, result

@@ -64,7 +64,7 @@ class Rewriter:
                 if self._apply_one(rule, result):
                     counts[rule.name] += 1
                 else:
-                    claimed.difference_update(result.nodes)
+                    claimed.difference_update(result.owned)
         self.gm.graph.eliminate_dead_code()
         self.gm.delete_all_unused_submodules()
         return counts

@@ -18,6 +18,7 @@ from fxq.annotation import info
 from fxq.backends import get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
+from fxq.nn.quantized.engine import using_engine
 from fxq.nn.reference import WeightQuantized
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
@@ -49,7 +50,8 @@ class Lower(GraphPass):
                     _quantize_weight(rw, node, support)
         _record_status(gm, backend.name)
         if backend.lowering_rules:
-            rw.apply(backend.lowering_rules)
+            with using_engine(backend.engine):
+                rw.apply(backend.lowering_rules)
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
         return gm

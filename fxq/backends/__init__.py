@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from fxq.backends.qnnpack import QNNPACK
 from fxq.backends.reference import REFERENCE
 from fxq.backends.table import Backend, FixedQParams, Observation, OpSupport
+from fxq.backends.x86 import X86
 from fxq.errors import ConfigError
 
-_BACKENDS: dict[str, Backend] = {"reference": REFERENCE}
+_BACKENDS: dict[str, Backend] = {"reference": REFERENCE, "x86": X86, "qnnpack": QNNPACK}
 _ALIASES = {"fbgemm": "x86"}
 
 

@@ -57,12 +57,16 @@ class OpSupport:
 
 @dataclass(frozen=True)
 class Backend:
-    """A named table of OpSupport entries, plus the lowering rules that turn reference patterns into kernels."""
+    """A named table of OpSupport entries, plus the lowering rules that turn reference patterns into kernels.
+
+    ``engine`` is the ``torch.backends.quantized.engine`` the backend's kernels need (None: no kernels).
+    """
 
     name: str
     ops: Mapping[str, OpSupport]
     lowering_rules: tuple = field(default=())
     reduce_range: bool = False
+    engine: str | None = None
 
     def support(self, concept: str | None) -> OpSupport | None:
         """The entry for ``concept``, or None if this backend has no quantized form of it."""
