@@ -1,5 +1,9 @@
 """The qnnpack backend (ARM and mobile kernels): the x86 table without 3-d convolutions, which qnnpack does not
-implement, full-range activations (no reduce_range), and the same native lowering rules."""
+implement, full-range activations (no reduce_range), and the same native lowering rules.
+
+relu6/hardtanh/clamp also stay float here: under the qnnpack engine, torch 2.13's int8 clamp returns wrong
+values for channels-last tensors (which every qnnpack conv produces); tests/backends catches this if it returns.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from fxq.backends.native import NATIVE_RULES
 from fxq.backends.table import Backend
 from fxq.backends.x86 import X86
 
-NO_QNNPACK_KERNEL = {"conv3d", "conv3d_relu", "conv_transpose3d"}
+NO_QNNPACK_KERNEL = {"conv3d", "conv3d_relu", "conv_transpose3d", "relu6", "hardtanh"}
 
 QNNPACK = Backend("qnnpack", {name: entry for name, entry in X86.ops.items() if name not in NO_QNNPACK_KERNEL},
                   lowering_rules=NATIVE_RULES, reduce_range=False, engine="qnnpack")

@@ -35,8 +35,9 @@ class PackedWeightModule(nn.Module):
         raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "bias" in state_dict and self.bias is None:
-            self.bias = state_dict[prefix + "bias"].clone()
+        for name in ("qweight", "bias"):  # take the saved tensors whole: their qscheme may differ from ours
+            if prefix + name in state_dict:
+                self._buffers[name] = state_dict[prefix + name].clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._repack()
 
