@@ -9,7 +9,7 @@
 
 from fxq import observers
 from fxq.annotation import NodeInfo, info
-from fxq.api import convert, pass_records, prepare
+from fxq.api import convert, pass_records, prepare, quantize, report_of
 from fxq.errors import (
     CalibrationError,
     ConfigError,
@@ -34,7 +34,7 @@ __all__ = [
     "ANY", "CalibrationError", "ConfigError", "FxqError", "FxqWarning", "GraphPass", "NodeInfo", "PassContext",
     "PassError", "PassManager", "PassOrderError", "Pattern", "QConfig", "QConfigMapping", "TraceError",
     "available_passes", "convert", "get_default_qat_qconfig_mapping", "get_default_qconfig",
-    "get_default_qconfig_mapping", "get_pass", "info", "inspect", "NodeRow", "observers", "pass_records", "prepare",
+    "get_default_qconfig_mapping", "get_pass", "info", "inspect", "NodeRow", "observers", "pass_records", "prepare", "quantize", "report_of",
     "register_pass",
     "trace",
 ]

@@ -17,7 +17,7 @@ from torch.fx import GraphModule
 
 from fxq.annotation import copy_graph_module
 from fxq.backends import get_backend
-from fxq.errors import ConfigError, FxqWarning
+from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.pass_manager import PassManager, PassRecord
 from fxq.tracing import trace
@@ -39,7 +39,8 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         model: the float model; it is not modified.
         qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``).
         example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped).
-        backend: the backend whose table decides what is quantized ("reference" for now).
+        backend: the backend whose table decides what is quantized: "reference" (explicit quantize/dequantize
+            around float ops), "x86" or "qnnpack" (native int8 kernels).
         leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
         concrete_args: forward arguments to fix to Python values while tracing.
         keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
@@ -81,6 +82,49 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModu
     converted = result.graph_module
     converted.meta[_RECORDS_KEY] = list(prepared.meta.get(_RECORDS_KEY, [])) + result.records
     return converted.eval()
+
+
+def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str = "x86",
+             qconfig_mapping=None, **prepare_options) -> GraphModule:
+    """Static post-training quantization in one call: prepare, calibrate, convert, and report.
+
+    Args:
+        calibration_data: batches of representative inputs; each is a tuple of forward arguments (a lone tensor
+            is wrapped).
+        qconfig_mapping: defaults to ``get_default_qconfig_mapping(backend)``.
+        prepare_options: passed to ``prepare`` (leaf_modules, concrete_args, ...).
+    Returns:
+        The quantized GraphModule; ``fxq.report_of(result)`` says what was quantized, what stayed float and
+        why, and the size before and after.
+    Raises:
+        CalibrationError: ``calibration_data`` was empty, or held NaN/Inf.
+    """
+    from fxq.qconfig_mapping import get_default_qconfig_mapping
+    from fxq.report import REPORT_KEY, build_report
+
+    mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
+    prepared = prepare(model, mapping, example_inputs, backend=backend, **prepare_options)
+    batches = 0
+    with torch.no_grad():
+        for batch in calibration_data:
+            prepared(*_as_tuple(batch))
+            batches += 1
+    if batches == 0:
+        raise CalibrationError("quantize() got no calibration batches; pass an iterable of representative inputs")
+    converted = convert(prepared)
+    converted.meta[REPORT_KEY] = build_report(model, converted, backend)
+    return converted
+
+
+def report_of(quantized: GraphModule):
+    """The QuantizationReport ``quantize`` attached to its result (None for models from ``convert``)."""
+    from fxq.report import REPORT_KEY
+
+    return quantized.meta.get(REPORT_KEY)
+
+
+def _mapping_name(backend: str) -> str:
+    return backend if backend in ("x86", "fbgemm", "qnnpack", "reference") else "x86"
 
 
 def pass_records(gm: GraphModule) -> list[PassRecord]:

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+import fxq
+from fxq.errors import CalibrationError
+from tests.models import calibration_batches, eval_batches, example_inputs, make_model, sqnr
+
+
+def test_one_call_quantize_reports_what_it_did():
+    model = make_model("transformer")
+    quantized = fxq.quantize(model, example_inputs("transformer"), [b[0] for b in calibration_batches("transformer")])
+    report = fxq.report_of(quantized)
+    assert report.backend == "x86"
+    float_nodes = dict(report.left_float)
+    assert float_nodes["act"] == "backend 'x86' has no quantized form of gelu"
+    assert not any(name.startswith("getitem") for name in float_nodes)  # shape arithmetic is not an op
+    assert ("q", "QuantizedLinear") in report.quantized
+    assert report.size_after < 0.5 * report.size_before
+    assert "ops quantized" in str(report) and "gelu" in str(report)
+    x = eval_batches("transformer")[0]
+    assert sqnr(model(*x), quantized(*x)) > 20
+
+
+def test_quantize_without_calibration_data_is_an_error():
+    with pytest.raises(CalibrationError, match="no calibration batches"):
+        fxq.quantize(make_model("mlp"), example_inputs("mlp"), [])
+
+
+def test_quantize_on_reference_backend_and_custom_mapping():
+    model = make_model("mlp")
+    mapping = fxq.get_default_qconfig_mapping("reference").set_module_name("fc3", None)
+    quantized = fxq.quantize(model, example_inputs("mlp"), calibration_batches("mlp"), backend="reference",
+                             qconfig_mapping=mapping)
+    report = fxq.report_of(quantized)
+    assert dict(report.left_float)["fc3"].startswith("qconfig is None")
+    with torch.no_grad():
+        x = eval_batches("mlp")[0]
+        assert sqnr(model(*x), quantized(*x)) > 25
