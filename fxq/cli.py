@@ -12,7 +12,19 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="train a small CNN on the digits data set, quantize it, report")
     demo.add_argument("--epochs", type=int, default=8, help="training epochs for the float model")
     demo.add_argument("--seed", type=int, default=0)
+    bench = commands.add_parser("bench", help="int8 latency/size/accuracy vs fp32 and torch.ao, in one run")
+    bench.add_argument("--models", default="resnet18,mobilenet_v2,bert,digits",
+                       help="comma-separated: resnet18, mobilenet_v2, bert, digits")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
+    bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from fxq.tools.bench import run_bench, run_compile_bench
+
+        if args.compile:
+            return run_compile_bench()
+        return run_bench(args.models.split(","), threads=args.threads, rounds=args.rounds)
     if args.command == "demo":
         from fxq.tools.demo import run_demo
 

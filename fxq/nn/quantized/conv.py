@@ -27,9 +27,11 @@ class QuantizedConv(PackedWeightModule):
         return prepack(self.qweight, self.bias, list(self.stride), list(self.padding), list(self.dilation),
                        self.groups)
 
+    def _kernel(self):
+        return getattr(torch.ops.quantized, f"conv{self.dims}d_relu" if self.relu else f"conv{self.dims}d")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = f"conv{self.dims}d_relu" if self.relu else f"conv{self.dims}d"
-        return getattr(torch.ops.quantized, name)(x, self._packed, self.scale, self.zero_point)
+        return self._run(x, self._packed, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         out_channels, in_per_group = self.qweight.shape[:2]

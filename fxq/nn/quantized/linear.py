@@ -23,9 +23,11 @@ class QuantizedLinear(PackedWeightModule):
     def _pack(self):
         return torch.ops.quantized.linear_prepack(self.qweight, self.bias)
 
+    def _kernel(self):
+        return torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
-        return kernel(x, self._packed, self.scale, self.zero_point)
+        return self._run(x, self._packed, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         out_features, in_features = self.qweight.shape

@@ -10,8 +10,8 @@ from fxq.nn.quantized.engine import using_engine
 
 
 class PackedWeightModule(nn.Module):
-    """Base of native weighted modules. Subclasses implement ``_pack()`` and ``forward`` and call ``_repack()``
-    at the end of ``__init__``.
+    """Base of native weighted modules. Subclasses implement ``_pack()``, ``_kernel()`` and ``forward`` and call
+    ``_repack()`` at the end of ``__init__``.
 
     The prepacked weight is an opaque kernel object that cannot be saved or copied, so it is never state: it is
     rebuilt from ``qweight``/``bias`` after loading, copying or unpickling.
@@ -30,6 +30,10 @@ class PackedWeightModule(nn.Module):
     def _repack(self) -> None:
         with using_engine(self.engine):
             self._packed = self._pack()
+        self._run = self._kernel()  # resolved once: forward is on the hot path
+
+    def _kernel(self):
+        raise NotImplementedError
 
     def _pack(self):
         raise NotImplementedError
@@ -44,6 +48,7 @@ class PackedWeightModule(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_packed", None)
+        state.pop("_run", None)
         return state
 
     def __setstate__(self, state):

@@ -1,0 +1,212 @@
+"""``fxq bench``: int8 speed, size and accuracy against fp32 and torch.ao, measured in one run.
+
+Every ratio printed is measured in the same run against its baseline, with the variants' timing rounds
+interleaved so machine noise hits them alike, on a fixed thread count. torch.ao is measured only where it is
+importable (it is deprecated and may be gone); its columns then read "n/a".
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from fxq.tools import bench_models as zoo
+from tabulate import tabulate
+from torch import nn
+
+import fxq
+from fxq.report import serialized_size
+
+
+@dataclass
+class Case:
+    """One benchmarked model: how to build it and its calibration / evaluation batches."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    calibration: list[tuple]
+    evaluation: list[tuple]
+    accuracy: Callable[[nn.Module], float] | None = None
+
+
+def _cases(names: list[str]) -> list[Case]:
+    makers = {
+        "resnet18": lambda: Case("ResNet-18 1x3x224x224", lambda: zoo.warm_batch_norm(zoo.ResNet18(), (8, 3, 224, 224)),
+                                 zoo.image_batches(4, 1), zoo.image_batches(2, 2)),
+        "mobilenet_v2": lambda: Case("MobileNetV2 1x3x224x224",
+                                     lambda: zoo.warm_batch_norm(zoo.MobileNetV2(), (8, 3, 224, 224)),
+                                     zoo.image_batches(4, 1), zoo.image_batches(2, 2)),
+        "bert": lambda: Case("BERT-base encoder seq 128", lambda: zoo.BertEncoder().eval(), zoo.bert_batches(2, 1),
+                             zoo.bert_batches(2, 2)),
+        "digits": _digits_case,
+    }
+    return [makers[name]() for name in names]
+
+
+def _digits_case() -> Case:
+    from fxq.tools.demo import load_digits_tensors, train_digits_cnn
+
+    train_x, train_y, test_x, test_y = load_digits_tensors(0)
+    model = train_digits_cnn(train_x, train_y)
+
+    def accuracy(m):
+        with torch.no_grad():
+            return (m(test_x).argmax(1) == test_y).float().mean().item() * 100
+
+    return Case("digits CNN 1x1x8x8 (trained)", lambda: model, [(b,) for b in train_x.split(128)[:8]],
+                [(test_x,)], accuracy)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def _time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds per call for each variant; rounds alternate between variants."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for run in variants.values():
+                run()
+        for _ in range(rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                samples[name].append(time.perf_counter() - start)
+    return {name: _median_ms(values) for name, values in samples.items()}
+
+
+def _sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+    noise = (reference - test).float().norm()
+    return float("inf") if noise == 0 else (20 * torch.log10(reference.float().norm() / noise)).item()
+
+
+def _outputs(model: nn.Module, batches: list[tuple]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(*batch).flatten() for batch in batches])
+
+
+def _quantize_fxq(model: nn.Module, case: Case) -> tuple[nn.Module, dict[str, float]]:
+    start = time.perf_counter()
+    prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), case.calibration[0], backend="x86")
+    prepare_s = time.perf_counter() - start
+    calibrate_s = _calibrate(prepared, case.calibration)
+    start = time.perf_counter()
+    converted = fxq.convert(prepared)
+    return converted, {"prepare_s": prepare_s, "convert_s": time.perf_counter() - start, "calibrate_s": calibrate_s}
+
+
+def _quantize_torch_ao(model: nn.Module, case: Case) -> tuple[nn.Module | None, dict[str, float]]:
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    except ImportError:
+        return None, {}
+    start = time.perf_counter()
+    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), case.calibration[0])
+    prepare_s = time.perf_counter() - start
+    calibrate_s = _calibrate(prepared, case.calibration)
+    start = time.perf_counter()
+    converted = convert_fx(prepared)
+    return converted, {"prepare_s": prepare_s, "convert_s": time.perf_counter() - start, "calibrate_s": calibrate_s}
+
+
+def _calibrate(prepared: nn.Module, batches: list[tuple]) -> float:
+    """Median seconds per calibration batch."""
+    samples = []
+    with torch.no_grad():
+        for batch in batches:
+            start = time.perf_counter()
+            prepared(*batch)
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int = 3) -> int:
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = "x86"
+    warnings.simplefilter("ignore")
+    rows = []
+    for case in _cases(models):
+        model = case.build()
+        example = case.evaluation[0]
+        ours, our_times = _quantize_fxq(model, case)
+        theirs, their_times = _quantize_torch_ao(model, case)
+        variants = {"fp32": partial(model, *example), "fxq": partial(ours, *example)}
+        if theirs is not None:
+            variants["torch.ao"] = partial(theirs, *example)
+        latency = _time_interleaved(variants, rounds, warmup)
+        forward_s = latency["fp32"] / 1000
+        reference = _outputs(model, case.evaluation)
+        row = {
+            "model": case.name,
+            "fp32 ms": f"{latency['fp32']:.2f}",
+            "fxq int8 ms": f"{latency['fxq']:.2f}",
+            "fxq/fp32": f"{latency['fxq'] / latency['fp32']:.2f}",
+            "torch.ao ms": f"{latency['torch.ao']:.2f}" if theirs is not None else "n/a",
+            "fxq/torch.ao": f"{latency['fxq'] / latency['torch.ao']:.2f}" if theirs is not None else "n/a",
+            "size fxq/fp32": f"{serialized_size(ours) / serialized_size(model):.3f}",
+            "SQNR fxq dB": f"{_sqnr(reference, _outputs(ours, case.evaluation)):.1f}",
+            "SQNR torch.ao dB": f"{_sqnr(reference, _outputs(theirs, case.evaluation)):.1f}" if theirs else "n/a",
+            "prepare+convert s fxq": f"{our_times['prepare_s'] + our_times['convert_s']:.2f}",
+            "prepare+convert s torch.ao": (f"{their_times['prepare_s'] + their_times['convert_s']:.2f}"
+                                           if theirs is not None else "n/a"),
+            "calib/fwd fxq": f"{our_times['calibrate_s'] / forward_s:.1f}",
+            "calib/fwd torch.ao": f"{their_times['calibrate_s'] / forward_s:.1f}" if theirs is not None else "n/a",
+        }
+        if case.accuracy is not None:
+            row["top-1 fp32/fxq/torch.ao"] = "/".join(
+                f"{case.accuracy(m):.2f}" for m in (model, ours, theirs) if m is not None)
+        rows.append(row)
+        print(f"measured {case.name}", flush=True)
+    metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key != "model"]
+    print(f"\n{threads} threads, batch 1, median of {rounds} interleaved rounds; ratios from this run")
+    print(tabulate([[metric] + [row.get(metric, "") for row in rows] for metric in metrics],
+                   headers=[""] + [row["model"] for row in rows], disable_numparse=True))
+    return 0
+
+
+def _chain_model(blocks: int, width: int = 16) -> nn.Module:
+    """A generated graph: ``blocks`` x (linear -> relu -> linear -> residual add); about 4 nodes per block."""
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+            self.b = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+
+        def forward(self, x):
+            for first, second in zip(self.a, self.b, strict=True):
+                x = x + second(torch.relu(first(x)))
+            return x
+
+    return Chain().eval()
+
+
+def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
+    """prepare + convert wall time for generated graphs of ~1,000 / 2,000 / 4,000 nodes, fxq and torch.ao."""
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    rows = []
+    for blocks in sizes:
+        model = _chain_model(blocks)
+        nodes = len(torch.fx.symbolic_trace(model).graph.nodes)
+        case = Case(f"{nodes} nodes", lambda m=model: m, [(torch.randn(4, 16),)], [(torch.randn(4, 16),)])
+        _, ours = _quantize_fxq(model, case)
+        _, theirs = _quantize_torch_ao(model, case)
+        our_total = ours["prepare_s"] + ours["convert_s"]
+        their_total = theirs["prepare_s"] + theirs["convert_s"] if theirs else None
+        rows.append([nodes, f"{our_total:.2f}", f"{their_total:.2f}" if their_total else "n/a",
+                     f"{their_total / our_total:.1f}x" if their_total else "n/a"])
+    for index in range(1, len(rows)):
+        rows[index].append(f"{float(rows[index][1]) / float(rows[index - 1][1]):.2f}x")
+    rows[0].append("")
+    print(tabulate(rows, headers=["graph nodes", "fxq prepare+convert s", "torch.ao s", "fxq speedup",
+                                  "fxq time vs previous size"], disable_numparse=True))
+    return 0
