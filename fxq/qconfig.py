@@ -1,11 +1,13 @@
 """QConfig: how to observe one op's activations and weight, as two observer factories.
 
 A QConfig holds factories (``MinMaxObserver.with_args(...)``), not observers, because every op it applies to
-needs observers of its own. It compares by value, so rules and dumps can say "the same qconfig".
+needs observers of its own. It compares by value, so rules and dumps can say "the same qconfig", and its repr
+has no object addresses, so dumps that print it are deterministic.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,12 +15,15 @@ import torch
 from torch import nn
 
 from fxq.errors import ConfigError
-from fxq.observers import HistogramObserver, PerChannelMinMaxObserver
 
 
 @dataclass(frozen=True)
 class QConfig:
-    """Observer factories for an op's activations (inputs and output) and its weight (None: no weight)."""
+    """Observer factories for an op's activations (inputs and output) and its weight (None: no weight).
+
+    Raises:
+        ConfigError: a factory is an observer instance (one instance cannot serve every op) or not callable.
+    """
 
     activation: Callable[[], nn.Module]
     weight: Callable[[], nn.Module] | None = None
@@ -29,20 +34,27 @@ class QConfig:
             if factory is None and role == "weight":
                 continue
             if isinstance(factory, nn.Module):
+                kind = type(factory).__name__
                 raise ConfigError(f"QConfig.{role} must be an observer factory, not an observer instance "
-                                  f"({type(factory).__name__}); use {type(factory).__name__}.with_args(...)")
+                                  f"({kind}(...)): every op needs observers of its own; "
+                                  f"use {kind}.with_args(...)")
             if not callable(factory):
                 raise ConfigError(f"QConfig.{role} must be an observer factory such as "
-                                  f"MinMaxObserver.with_args(...); got {factory!r}")
+                                  f"MinMaxObserver.with_args(...); got {type(factory).__name__} {factory!r}")
 
     def __repr__(self) -> str:
-        return f"QConfig(activation={_name(self.activation)}, weight={_name(self.weight)})"
+        return f"QConfig(activation={_describe(self.activation)}, weight={_describe(self.weight)})"
 
 
-def _name(factory) -> str:
-    if factory is None:
-        return "None"
-    return repr(factory) if hasattr(factory, "kwargs") else getattr(factory, "__name__", repr(factory))
+def _describe(factory: Callable | None) -> str:
+    """A factory's name without object addresses (observer factories already print that way)."""
+    if factory is None or hasattr(factory, "kwargs") and hasattr(factory, "cls"):
+        return repr(factory)
+    if isinstance(factory, functools.partial):
+        args = [_describe(arg) if callable(arg) else repr(arg) for arg in factory.args]
+        args += [f"{key}={value!r}" for key, value in sorted(factory.keywords.items())]
+        return f"partial({', '.join([_describe(factory.func), *args])})"
+    return getattr(factory, "__qualname__", type(factory).__qualname__)
 
 
 _BACKENDS = ("x86", "fbgemm", "qnnpack", "reference")
@@ -56,13 +68,25 @@ def check_backend(backend: str) -> str:
 
 
 def get_default_qconfig(backend: str = "x86") -> QConfig:
-    """The default static-quantization QConfig for ``backend``.
+    """The default static-quantization QConfig for ``backend`` ("x86" or its alias "fbgemm", "qnnpack",
+    "reference").
 
-    Activations: histogram observer, affine quint8; ``reduce_range`` on x86/fbgemm, whose kernels can
-    overflow 16-bit intermediates with full-range activations on CPUs without VNNI; not on qnnpack or the
-    reference backend. Weights: symmetric qint8, one scale per output channel.
+    Activations: histogram observer, affine quint8. ``reduce_range`` (0..127) on x86/fbgemm only, because
+    their kernels can saturate 16-bit intermediate sums with full-range activations on CPUs without VNNI;
+    qnnpack and the reference backend have no such limit. Weights: symmetric qint8 (-128..127), one scale per
+    output channel on every backend. torch.ao's qnnpack default uses one scale per tensor; fxq keeps per
+    channel there too, which is at least as accurate and which qnnpack's int8 kernels also run.
+
+    Raises:
+        ConfigError: an unknown backend (the message lists the known ones).
     """
+    from fxq.observers import HistogramObserver, PerChannelMinMaxObserver
+
     check_backend(backend)
-    reduce = backend in ("x86", "fbgemm")
-    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=reduce),
+    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=_reduces(backend)),
                    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True))
+
+
+def _reduces(backend: str) -> bool:
+    """Whether ``backend``'s activations need ``reduce_range`` (see ``get_default_qconfig``)."""
+    return backend in ("x86", "fbgemm")

@@ -1,8 +1,8 @@
 """The observer contract: watch float tensors during calibration, then turn what was seen into qparams.
 
 Observers are modules (so they live in the prepared graph, deep-copy and round-trip through ``state_dict``)
-whose ``forward`` returns its input unchanged. Each knows the graph node it watches (``node_name``), so every
-error it raises can say where the bad data came from.
+whose ``forward`` returns its input unchanged. Each knows the graph node it watches (``node_name``, set by the
+pass that inserts it), so every error it raises can say where the bad data came from.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from fxq.errors import CalibrationError, ConfigError
-from fxq.qparams import compute_qparams, qrange
+from fxq.qparams import FLOAT32_EPS, compute_qparams, qrange
 
 
 class ObserverFactory:
-    """A picklable, comparable recipe for making observers: what ``Observer.with_args(...)`` returns."""
+    """A picklable, comparable recipe for observers (what ``Observer.with_args`` returns). QConfigs hold
+    these, because every op a QConfig applies to needs observers of its own."""
 
     def __init__(self, cls: type[Observer], kwargs: dict[str, Any]) -> None:
         self.cls, self.kwargs = cls, dict(kwargs)
@@ -32,7 +33,7 @@ class ObserverFactory:
         return isinstance(other, ObserverFactory) and (self.cls, self.kwargs) == (other.cls, other.kwargs)
 
     def __hash__(self) -> int:
-        return hash((self.cls, tuple(sorted((k, repr(v)) for k, v in self.kwargs.items()))))
+        return hash((self.cls, tuple(sorted((key, repr(value)) for key, value in self.kwargs.items()))))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={_short(value)}" for key, value in sorted(self.kwargs.items()))
@@ -44,75 +45,99 @@ def _short(value: Any) -> str:
 
 
 class Observer(nn.Module):
-    """Base of fxq's observers.
+    """Base of fxq's observers; subclasses say how a batch is recorded and what range it implies.
 
     Args:
-        dtype: the quantized dtype (torch.quint8, torch.qint8, torch.qint32).
-        symmetric: symmetric (zero point fixed at the centre) instead of affine.
-        quant_min / quant_max: a custom quantized range (both or neither).
+        dtype: the quantized dtype (torch.quint8, torch.qint8, torch.qint32, torch.quint4x2).
+        symmetric: centre the range on 0 (zero point fixed) instead of affine.
+        quant_min / quant_max: a custom quantized range (both or neither); it must include 0.
         reduce_range: use one bit less (x86 activations on CPUs without VNNI).
         eps: the smallest scale allowed.
+
+    Raises:
+        ConfigError: a range ``qrange`` rejects, or a symmetric scheme that cannot represent the data
+            (reduce_range on quint8 would put the fixed zero point 128 outside [0, 127]; quint4x2 would put
+            it at 0 and lose every negative value). torch.ao refuses the first too, and allows the second.
     """
 
     per_channel = False
     ch_axis: int | None = None
 
-    def __init__(self, dtype: torch.dtype = torch.quint8, symmetric: bool = False, quant_min: int | None = None,
-                 quant_max: int | None = None, reduce_range: bool = False,
-                 eps: float = torch.finfo(torch.float32).eps) -> None:
+    def __init__(self, dtype: torch.dtype = torch.quint8, symmetric: bool = False,
+                 quant_min: int | None = None, quant_max: int | None = None, reduce_range: bool = False,
+                 eps: float = FLOAT32_EPS) -> None:
         super().__init__()
-        if symmetric and reduce_range and dtype == torch.quint8 and quant_min is None:
+        self.custom_range = quant_min is not None
+        if symmetric and reduce_range and dtype == torch.quint8 and not self.custom_range:
             raise ConfigError("reduce_range is not supported with symmetric quint8 (the zero point is fixed "
                               "at 128); use affine, or qint8")
+        if symmetric and dtype == torch.quint4x2:
+            raise ConfigError("symmetric quint4x2 fixes the zero point at 0 and loses every negative value; "
+                              "use affine")
         self.dtype, self.symmetric, self.reduce_range, self.eps = dtype, symmetric, reduce_range, eps
-        self.custom_range = quant_min is not None
         self.quant_min, self.quant_max = qrange(dtype, quant_min, quant_max, reduce_range)
         self.node_name = "<unnamed>"
 
     @classmethod
     def with_args(cls, **kwargs: Any) -> ObserverFactory:
-        """A factory making this observer with ``kwargs``; QConfig holds factories, not instances."""
+        """A picklable factory making this observer with ``kwargs`` (later keywords override them)."""
         return ObserverFactory(cls, kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        """Record ``x``'s statistics and return ``x`` itself."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise ConfigError(f"observer of node {self.node_name!r} got a {what} value; observers only watch "
-                              "float tensors")
+                              "float tensors (was this value float for the example inputs given to prepare?)")
         if x.numel():
             self._observe(x.detach())
         return x
 
     def _observe(self, x: torch.Tensor) -> None:
+        """Record a non-empty float batch."""
         raise NotImplementedError
 
     def _check_finite(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        """NaN/Inf anywhere in a tensor shows up in its min or max, so checking those two is enough."""
+        """NaN or Inf anywhere in a batch shows up in its min or max, so checking those is enough."""
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
             raise CalibrationError(
                 f"calibration data reaching node {self.node_name!r} contains NaN or Inf "
-                f"(min {low.min().item()}, max {high.max().item()}); check the inputs and the ops before "
-                f"{self.node_name!r}, or leave it float with QConfigMapping.set_module_name(..., None)")
+                f"(min {low.min().item()}, max {high.max().item()}); check the calibration inputs and the "
+                f"ops that compute {self.node_name!r} (run the float model on the same batch), or keep that "
+                "op float with QConfigMapping.set_module_name(..., None)")
 
     @property
     def has_data(self) -> bool:
+        """Whether calibration has shown this observer any data."""
         raise NotImplementedError
 
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (min, max) the qparams are computed from."""
+        """The (min, max) the qparams are computed from; only meaningful when ``has_data``."""
         raise NotImplementedError
 
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, zero_point) for what was observed; CalibrationError if nothing was."""
+    def _require_data(self) -> None:
         if not self.has_data:
             raise CalibrationError(f"observer of node {self.node_name!r} saw no data; run calibration data "
-                                   "through the prepared model before convert")
+                                   "through the prepared model before convert (and check that it reaches "
+                                   "this node)")
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale float32, zero_point int64) for what was observed: shape [1] per tensor, [C] per channel.
+
+        Raises:
+            CalibrationError: nothing was observed.
+        """
+        self._require_data()
         low, high = self.observed_range()
         return compute_qparams(low, high, self.quant_min, self.quant_max, self.dtype, self.symmetric,
-                               self.custom_range, self.eps)
+                               self.eps, custom_range=self.custom_range)
 
     def merge(self, other: Observer) -> None:
-        """Fold ``other``'s statistics into this observer (calibration split across processes)."""
+        """Fold ``other``'s statistics into this observer, so calibration can be split across processes.
+
+        Raises:
+            ConfigError: ``other`` is of another class or has other settings.
+        """
         if type(other) is not type(self) or self._settings() != other._settings():
             raise ConfigError(f"cannot merge {type(other).__name__}({other._settings()}) into "
                               f"{type(self).__name__}({self._settings()}) for node {self.node_name!r}")
@@ -120,15 +145,22 @@ class Observer(nn.Module):
             self._merge(other)
 
     def _merge(self, other: Observer) -> None:
+        """Fold in ``other``, which has the same class and settings and has seen data."""
         raise NotImplementedError
 
-    def _settings(self) -> tuple:
-        return (self.dtype, self.symmetric, self.quant_min, self.quant_max, self.ch_axis)
+    def _settings(self) -> dict[str, Any]:
+        """What two observers must share to be merged."""
+        return {"dtype": self.dtype, "symmetric": self.symmetric, "quant_min": self.quant_min,
+                "quant_max": self.quant_max, "custom_range": self.custom_range, "eps": self.eps,
+                "ch_axis": self.ch_axis}
 
     def extra_repr(self) -> str:
         scheme = "symmetric" if self.symmetric else "affine"
         text = f"dtype={_short(self.dtype)}, {scheme}, range=[{self.quant_min}, {self.quant_max}]"
-        if self.has_data and not self.per_channel:
-            low, high = self.observed_range()
-            text += f", min={float(low):.4g}, max={float(high):.4g}"
-        return text
+        return text + (f", ch_axis={self.ch_axis}" if self.per_channel else "")
+
+    @staticmethod
+    def _seen_text(low: torch.Tensor, high: torch.Tensor) -> str:
+        """``min=..., max=...`` of a recorded range (over all channels), for ``extra_repr``."""
+        channels = f", channels={low.numel()}" if low.dim() else ""
+        return f"{channels}, min={low.min().item():.4g}, max={high.max().item():.4g}"

@@ -2,27 +2,39 @@
 quantization error, clipping rare outliers when that costs less than the resolution they would waste.
 
 Calibration stays cheap: a batch costs one ``aminmax`` and one ``histc``; when the range grows, the stored
-histogram is re-binned onto the wider range by interpolating its cumulative counts. The range search runs once,
+histogram is re-binned onto the wider range by interpolating its cumulative counts. The range search runs only
 when qparams are asked for.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from fxq.errors import ConfigError
 from fxq.observers.base import Observer
 
 
 class HistogramObserver(Observer):
-    """Error-minimising range from a histogram of the observed values.
+    """Error-minimising range from a histogram of the observed values (per tensor; default quint8 affine).
+
+    The chosen [min, max] minimises, over the histogram, the rounding noise of the values inside it (a
+    quantization step squared over 12 each) plus the clipping error of the values outside it (their squared
+    distance to the nearer end).
 
     Args:
-        bins: histogram resolution.
-        search_step: candidate range ends are tried every ``search_step`` bins (finer is slower, rarely better).
+        bins: histogram resolution over the range seen so far.
+        search_step: affine ranges are first searched with ends every ``search_step`` bins, then refined to
+            single bins around the best (symmetric ranges are searched at single-bin resolution directly).
+        **kwargs: the settings of ``Observer``.
     """
 
-    def __init__(self, bins: int = 2048, search_step: int = 8, **kwargs) -> None:
+    def __init__(self, bins: int = 2048, search_step: int = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if bins < 1 or search_step < 1:
+            raise ConfigError(f"HistogramObserver needs bins >= 1 and search_step >= 1; got bins={bins}, "
+                              f"search_step={search_step}")
         self.bins, self.search_step = bins, search_step
         self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("min_val", torch.tensor(float("inf")))
@@ -35,85 +47,112 @@ class HistogramObserver(Observer):
     def _observe(self, x: torch.Tensor) -> None:
         low, high = torch.aminmax(x)
         self._check_finite(low, high)
-        self.histogram += torch.histc(x.float(), self.bins, *self._widen(low, high)).double()
+        self._widen(low.float(), high.float())
+        self.histogram += torch.histc(x.float(), self.bins, float(self.min_val), float(self.max_val))
 
-    def _widen(self, low: torch.Tensor, high: torch.Tensor) -> tuple[float, float]:
-        """Grow the stored range to cover [low, high], re-binning the stored histogram; returns the range."""
+    def _widen(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Grow the histogram's range to cover [low, high], re-binning the counts it already holds."""
         if self.has_data:
-            new_low, new_high = torch.minimum(self.min_val, low), torch.maximum(self.max_val, high)
-        else:
-            new_low, new_high = low, high
-        new_low, new_high = float(new_low), float(new_high)
-        if new_high <= new_low:
-            new_high = new_low + max(abs(new_low) * 1e-6, 1e-8)
-        if self.has_data and (new_low, new_high) != (float(self.min_val), float(self.max_val)):
-            self.histogram.copy_(self._rebin(new_low, new_high))
-        self.min_val.fill_(new_low)
-        self.max_val.fill_(new_high)
-        return new_low, new_high
-
-    def _rebin(self, new_low: float, new_high: float) -> torch.Tensor:
-        """The stored histogram spread onto ``bins`` equal bins over [new_low, new_high] (which contains it)."""
-        old_low, old_high = float(self.min_val), float(self.max_val)
-        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), self.histogram.cumsum(0)])
-        edges = torch.linspace(new_low, new_high, self.bins + 1, dtype=torch.float64)
-        position = ((edges - old_low) / (old_high - old_low) * self.bins).clamp(0, self.bins)
-        index = position.floor().long().clamp(max=self.bins - 1)
-        fraction = position - index
-        at_edges = cumulative[index] + fraction * (cumulative[index + 1] - cumulative[index])
-        return at_edges.diff()
-
-    def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self._search()
-        return torch.tensor(low, dtype=torch.float32), torch.tensor(high, dtype=torch.float32)
-
-    def _search(self) -> tuple[float, float]:
-        """The [low, high] minimising rounding noise inside plus clipping error outside, over bin-edge pairs."""
-        counts = self.histogram
-        low, high = float(self.min_val), float(self.max_val)
-        width = (high - low) / self.bins
-        centres = low + width * (torch.arange(self.bins, dtype=torch.float64) + 0.5)
-        # prefix sums of n, n*c, n*c^2 give each candidate's clipping error in O(1)
-        zero = torch.zeros(1, dtype=torch.float64)
-        n = torch.cat([zero, counts.cumsum(0)])
-        nc = torch.cat([zero, (counts * centres).cumsum(0)])
-        ncc = torch.cat([zero, (counts * centres * centres).cumsum(0)])
-        ends = torch.arange(0, self.bins + 1, self.search_step)
-        if ends[-1] != self.bins:
-            ends = torch.cat([ends, torch.tensor([self.bins])])
-        a, b = torch.meshgrid(ends, ends, indexing="ij")
-        valid = b > a
-        a, b = a[valid], b[valid]
-        lo = torch.minimum(low + a * width, torch.zeros((), dtype=torch.float64))
-        hi = torch.maximum(low + b * width, torch.zeros((), dtype=torch.float64))
-        step = (hi - lo) / (self.quant_max - self.quant_min)
-        inside = n[b] - n[a]
-        noise = inside * step * step / 12
-        left = ncc[a] - 2 * lo * nc[a] + lo * lo * n[a]
-        right = (ncc[-1] - ncc[b]) - 2 * hi * (nc[-1] - nc[b]) + hi * hi * (n[-1] - n[b])
-        if self.symmetric:
-            bound = torch.maximum(-lo, hi)
-            lo, hi = -bound, bound
-            step = 2 * bound / (self.quant_max - self.quant_min)
-            noise = inside * step * step / 12
-        best = torch.argmin(noise + left + right)
-        return float(lo[best]), float(hi[best])
+            low, high = torch.minimum(low, self.min_val), torch.maximum(high, self.max_val)
+        if high <= low:  # a single value so far: give the histogram a tiny width
+            high = low + max(abs(float(low)) * 1e-6, 1e-8)
+        if self.has_data and (low != self.min_val or high != self.max_val):
+            self.histogram = _rebin(self.histogram, float(self.min_val), float(self.max_val), float(low),
+                                    float(high))
+        self.min_val.copy_(low)
+        self.max_val.copy_(high)
 
     def _merge(self, other: HistogramObserver) -> None:
-        if self.bins != other.bins:
-            raise ValueError("histograms with different bin counts cannot be merged")
-        counts = other.histogram.clone()
-        if self.has_data:
-            donor = HistogramObserver(bins=other.bins)
-            donor.histogram.copy_(counts)
-            donor.min_val.copy_(other.min_val)
-            donor.max_val.copy_(other.max_val)
-            new_low, new_high = self._widen(other.min_val, other.max_val)
-            counts = donor._rebin(new_low, new_high)
-        else:
-            self.min_val.copy_(other.min_val)
-            self.max_val.copy_(other.max_val)
-        self.histogram += counts
+        self._widen(other.min_val, other.max_val)
+        self.histogram += _rebin(other.histogram, float(other.min_val), float(other.max_val),
+                                 float(self.min_val), float(self.max_val))
 
-    def _settings(self) -> tuple:
-        return super()._settings() + (self.bins,)
+    def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The error-minimising range, searched now over the histogram."""
+        low, high = float(self.min_val), float(self.max_val)
+        levels = self.quant_max - self.quant_min
+        if self.symmetric:
+            lo, hi = _best_symmetric_range(self.histogram, low, high, levels)
+        else:
+            lo, hi = _best_affine_range(self.histogram, low, high, levels, self.search_step)
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+    def _settings(self) -> dict[str, Any]:
+        return {**super()._settings(), "bins": self.bins, "search_step": self.search_step}
+
+    def extra_repr(self) -> str:
+        seen = self._seen_text(self.min_val, self.max_val) if self.has_data else ", no data"
+        return f"{super().extra_repr()}, bins={self.bins}{seen}"
+
+
+def _rebin(counts: torch.Tensor, old_low: float, old_high: float, new_low: float,
+           new_high: float) -> torch.Tensor:
+    """``counts`` over [old_low, old_high] spread onto as many equal bins over [new_low, new_high] (which
+    contains it), assuming the values inside each old bin are spread evenly."""
+    bins = counts.numel()
+    cumulative = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    edges = torch.linspace(new_low, new_high, bins + 1, dtype=torch.float64)
+    position = ((edges - old_low) / (old_high - old_low) * bins).clamp(0, bins)
+    index = position.floor().long().clamp(max=bins - 1)
+    below = cumulative[index]
+    return (below + (position - index) * (cumulative[index + 1] - below)).diff()
+
+
+def _best_symmetric_range(counts: torch.Tensor, low: float, high: float, levels: int) -> tuple[float, float]:
+    """The best [-b, b], with b tried at every bin width up to the largest magnitude seen."""
+    bins = counts.numel()
+    bound = max(-low, high) * torch.arange(1, bins + 1, dtype=torch.float64) / bins
+    error = _ExpectedError(counts, low, high, levels)(-bound, bound)
+    best = float(bound[torch.argmin(error)])
+    return -best, best
+
+
+def _best_affine_range(counts: torch.Tensor, low: float, high: float, levels: int,
+                       step: int) -> tuple[float, float]:
+    """The best [lo, hi] between bin edges: every pair of edges ``step`` bins apart, then every pair of single
+    edges within ``step`` bins of the best pair. Ranges are widened to include 0, as the qparams will be."""
+    bins = counts.numel()
+    error = _ExpectedError(counts, low, high, levels)
+    width = (high - low) / bins
+    zero = torch.zeros((), dtype=torch.float64)
+
+    def best_pair(starts: torch.Tensor, ends: torch.Tensor) -> tuple[int, int]:
+        start, end = torch.meshgrid(starts, ends, indexing="ij")
+        keep = start < end
+        start, end = start[keep], end[keep]
+        lo = torch.minimum(low + width * start.double(), zero)
+        hi = torch.maximum(low + width * end.double(), zero)
+        best = torch.argmin(error(lo, hi))
+        return int(start[best]), int(end[best])
+
+    grid = torch.cat([torch.arange(0, bins, step), torch.tensor([bins])])
+    start, end = best_pair(grid, grid)
+    start, end = best_pair(torch.arange(max(start - step, 0), min(start + step, bins) + 1),
+                           torch.arange(max(end - step, 0), min(end + step, bins) + 1))
+    return min(low + width * start, 0.0), max(low + width * end, 0.0)
+
+
+class _ExpectedError:
+    """Expected squared quantization error of a histogram's values for many candidate ranges at once.
+
+    Each bin counts as its values sitting at its centre. Prefix sums of n, n*c and n*c^2 over the bins give
+    each candidate's clipping error in O(log bins), so all candidates are evaluated in a few tensor ops.
+    """
+
+    def __init__(self, counts: torch.Tensor, low: float, high: float, levels: int) -> None:
+        bins = counts.numel()
+        self.centres = low + (high - low) / bins * (torch.arange(bins, dtype=torch.float64) + 0.5)
+        zero = counts.new_zeros(1)
+        self.n = torch.cat([zero, counts.cumsum(0)])
+        self.s1 = torch.cat([zero, (counts * self.centres).cumsum(0)])
+        self.s2 = torch.cat([zero, (counts * self.centres.square()).cumsum(0)])
+        self.levels = levels
+
+    def __call__(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        n, s1, s2 = self.n, self.s1, self.s2
+        below = torch.searchsorted(self.centres, lo)  # bins whose centre lies below lo
+        upto = torch.searchsorted(self.centres, hi, right=True)  # bins whose centre lies at or below hi
+        clip_low = s2[below] - 2 * lo * s1[below] + lo.square() * n[below]
+        clip_high = (s2[-1] - s2[upto]) - 2 * hi * (s1[-1] - s1[upto]) + hi.square() * (n[-1] - n[upto])
+        noise = (n[upto] - n[below]) * ((hi - lo) / self.levels).square() / 12
+        return clip_low.clamp(min=0) + clip_high.clamp(min=0) + noise
