@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 
 
-def quantize_with(observer, tensor: torch.Tensor) -> torch.Tensor:
-    """Quantize ``tensor`` with the qparams ``observer`` computed (after it has seen ``tensor`` or calibration)."""
-    scale, zero_point = observer.calculate_qparams()
+def quantize_with(observer, tensor: torch.Tensor, qparams: tuple | None = None) -> torch.Tensor:
+    """Quantize ``tensor`` with ``observer``'s qparams (``qparams`` if already computed: a histogram's search
+    is not free)."""
+    scale, zero_point = qparams if qparams is not None else observer.calculate_qparams()
     if getattr(observer, "per_channel", False):
         return torch.quantize_per_channel(tensor.detach().float(), scale.double(), zero_point.long(),
                                           observer.ch_axis, observer.dtype)
     return torch.quantize_per_tensor(tensor.detach().float(), float(scale), int(zero_point), observer.dtype)
 
 
-def describe_qparams(observer) -> dict:
+def describe_qparams(observer, qparams: tuple | None = None) -> dict:
     """Plain-data qparams for the node annotation: dtype, scheme and scale/zero point (lists if per channel)."""
-    scale, zero_point = observer.calculate_qparams()
+    scale, zero_point = qparams if qparams is not None else observer.calculate_qparams()
     per_channel = bool(getattr(observer, "per_channel", False))
     result = {"dtype": str(observer.dtype).replace("torch.", ""),
               "scheme": "per_channel" if per_channel else "per_tensor"}

@@ -40,9 +40,10 @@ class Lower(GraphPass):
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         backend = get_backend(ctx.backend)
         rw = Rewriter(gm, self.name)
+        computed: dict[str, tuple] = {}  # observer name -> qparams: a shared observer is searched once
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
-                _quantize_dequantize(rw, node)
+                _quantize_dequantize(rw, node, computed)
         for node in list(gm.graph.nodes):
             if node.op in _OPS and "output" in info(node).observers:
                 support = backend.support(info(node).concept)
@@ -57,11 +58,13 @@ class Lower(GraphPass):
         return gm
 
 
-def _quantize_dequantize(rw: Rewriter, call: Node) -> None:
+def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -> None:
     observer = rw.modules[call.target]
     value = call.args[0]
-    qparams = describe_qparams(observer)
-    scale, zero_point = observer.calculate_qparams()
+    if call.target not in computed:
+        computed[call.target] = observer.calculate_qparams()
+    scale, zero_point = computed[call.target]
+    qparams = describe_qparams(observer, computed[call.target])
     q = rw.insert("call_function", torch.quantize_per_tensor, (value, float(scale), int(zero_point), observer.dtype),
                   after=call, like=value)
     dq = rw.insert("call_method", "dequantize", (q,), after=q, like=value)
@@ -75,29 +78,30 @@ def _quantize_dequantize(rw: Rewriter, call: Node) -> None:
 
 
 def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
-    qconfig = info(node).qconfig
-    observer = qconfig.weight()
-    observer.node_name = f"{node.name} (weight)"
     if node.op == "call_module":
         module = rw.modules[node.target]
         weight_name = "0.weight" if isinstance(module, FusedModule) else "weight"
         weight = module.get_parameter(weight_name)
-        observer(weight.detach())
-        rw.set_module(node.target, WeightQuantized(module, quantize_with(observer, weight), weight_name))
     else:
         weight_node = node.args[support.weight_arg]
         weight = _constant(rw.gm, weight_node)
         if weight is None:
-            info(node).float_reason = None
             info(node).declined.append(("lower", f"weight {weight_node} is computed at run time; kept float"))
             return
-        observer(weight.detach())
+    observer = info(node).qconfig.weight()
+    observer.node_name = f"{node.name} (weight)"
+    observer(weight.detach())
+    qparams = observer.calculate_qparams()
+    qweight = quantize_with(observer, weight, qparams)
+    if node.op == "call_module":
+        rw.set_module(node.target, WeightQuantized(module, qweight, weight_name))
+    else:
         name = rw.unique_name(f"{weight_node.target}_quantized")
-        rw.gm.register_buffer(name, quantize_with(observer, weight))
+        rw.gm.register_buffer(name, qweight)
         attr = rw.insert("get_attr", name, (), before=node, like=node)
         dq = rw.insert("call_method", "dequantize", (attr,), before=node, like=node)
         node.replace_input_with(weight_node, dq)
-    info(node).qparams["weight"] = describe_qparams(observer)
+    info(node).qparams["weight"] = describe_qparams(observer, qparams)
 
 
 def _constant(gm: GraphModule, value) -> torch.Tensor | None:

@@ -8,6 +8,7 @@ importable (it is deprecated and may be gone); its columns then read "n/a".
 from __future__ import annotations
 
 import copy
+import sys
 import statistics
 import time
 import warnings
@@ -193,6 +194,7 @@ def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
     """prepare + convert wall time for generated graphs of ~1,000 / 2,000 / 4,000 nodes, fxq and torch.ao."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))  # torch.ao's prepare recurses along the graph
     rows = []
     for blocks in sizes:
         model = _chain_model(blocks)
