@@ -8,8 +8,8 @@ importable (it is deprecated and may be gone); its columns then read "n/a".
 from __future__ import annotations
 
 import copy
-import sys
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
