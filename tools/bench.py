@@ -68,7 +68,7 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def _time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
+def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
     """Median milliseconds per call for each variant; rounds alternate between variants."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
@@ -142,7 +142,7 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
         variants = {"fp32": partial(model, *example), "fxq": partial(ours, *example)}
         if theirs is not None:
             variants["torch.ao"] = partial(theirs, *example)
-        latency = _time_interleaved(variants, rounds, warmup)
+        latency = time_interleaved(variants, rounds, warmup)
         forward_s = latency["fp32"] / 1000
         reference = _outputs(model, case.evaluation)
         row = {
