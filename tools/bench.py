@@ -69,16 +69,19 @@ def _median_ms(samples: list[float]) -> float:
 
 
 def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call for each variant; rounds alternate between variants."""
+    """Median milliseconds per call for each variant. Rounds alternate between variants and rotate their order,
+    so that no variant always runs right after the same other one (and inherits its cold caches)."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     with torch.no_grad():
         for _ in range(warmup):
             for run in variants.values():
                 run()
-        for _ in range(rounds):
-            for name, run in variants.items():
+        for index in range(rounds):
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
-                run()
+                variants[name]()
                 samples[name].append(time.perf_counter() - start)
     return {name: _median_ms(values) for name, values in samples.items()}
 
