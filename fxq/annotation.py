@@ -7,7 +7,8 @@ written here by the pass that made the decision, never reconstructed later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch.fx import Node
@@ -91,13 +92,23 @@ def leave_float(node: Node, reason: str) -> None:
         record.float_reason = reason
 
 
-def copy_graph_module(gm):
-    """A deep copy of a GraphModule whose node records are copies too (``deepcopy`` alone shares node meta)."""
+def copy_record(record: NodeInfo) -> NodeInfo:
+    """An independent copy of a record. Its qconfig and types are immutable and shared; its containers are new."""
+    return replace(record, observers=dict(record.observers),
+                   qparams={role: dict(values) for role, values in record.qparams.items()},
+                   declined=list(record.declined), history=list(record.history))
+
+
+def copy_graph_module(gm, share: Iterable[Any] = ()):
+    """A deep copy of a GraphModule whose node records are copies too (``deepcopy`` alone shares node meta).
+
+    Objects in ``share`` (e.g. observers that the copy only reads) are shared, not copied.
+    """
     import copy
 
-    result = copy.deepcopy(gm)
+    result = copy.deepcopy(gm, {id(obj): obj for obj in share})
     for node in result.graph.nodes:
         if META_KEY in node.meta:
             node.meta = dict(node.meta)
-            node.meta[META_KEY] = copy.deepcopy(node.meta[META_KEY])
+            node.meta[META_KEY] = copy_record(node.meta[META_KEY])
     return result

@@ -19,6 +19,7 @@ from fxq.annotation import copy_graph_module
 from fxq.backends import get_backend
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.graph_pass import PassContext, add_properties, properties_of
+from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
 from fxq.tracing import trace
 
@@ -76,7 +77,8 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModu
     if not isinstance(prepared, GraphModule) or "observed" not in properties_of(prepared):
         raise ConfigError("convert() takes the model returned by fxq.prepare() after calibration; got "
                           f"{type(prepared).__name__}")
-    gm = copy_graph_module(prepared)
+    observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
+    gm = copy_graph_module(prepared, share=observers)
     ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
     result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module

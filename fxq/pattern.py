@@ -156,6 +156,9 @@ class NoMatch:
         return False
 
 
+_OTHER_OP = NoMatch("another op")
+
+
 def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module]) -> bool:
     """True if ``node`` computes the op ``pattern`` asks for (any known form of the same concept)."""
     key = ops.form_key(node, modules)
@@ -170,7 +173,8 @@ def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module]) -> b
 def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor: bool = True) -> Match | NoMatch:
     """Try ``pattern`` with its last op at ``node``."""
     if not op_matches(pattern, node, modules):
-        return NoMatch(f"{node.name} is not {pattern.describe()}")
+        # an anchor that is simply another op is not worth a message: most nodes fail this way
+        return NoMatch(f"{node.name} is not {pattern.describe()}") if not anchor else _OTHER_OP
     captures: dict[str, Node] = {}
     nodes: list[Node] = []
     owned: list[Node] = []

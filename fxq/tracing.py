@@ -86,6 +86,9 @@ def trace(model: nn.Module, *, leaf_modules: Iterable[str] = (), leaf_module_typ
           concrete_args: dict | None = None, retry_as_leaf: bool = True) -> Captured:
     """Symbolically trace ``model`` (which is not modified) into a GraphModule.
 
+    As with torch.fx, the GraphModule holds ``model``'s own submodules; passes rewrite those in place, which is
+    why ``fxq.prepare`` traces a deep copy. Do the same when running passes by hand.
+
     Args:
         leaf_modules: submodule paths to keep whole, not traced through.
         leaf_module_types: submodule types to keep whole.

@@ -4,8 +4,6 @@ backends are checked against it."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -15,14 +13,15 @@ class WeightQuantized(nn.Module):
     """Runs ``module`` with its weight (at ``weight_name``, e.g. "weight" or "0.weight") taken from ``qweight``.
 
     The module keeps everything else (bias, stride, padding, the fused ReLU...), so one class serves every
-    weighted op instead of one reference class per op.
+    weighted op instead of one reference class per op. It takes ``module`` over (its weight attribute is
+    removed): lowering hands it the converted graph's own copy.
     """
 
     _fxq_leaf = True
 
     def __init__(self, module: nn.Module, qweight: torch.Tensor, weight_name: str = "weight") -> None:
         super().__init__()
-        self.module = copy.deepcopy(module)
+        self.module = module
         owner_path, _, leaf = weight_name.rpartition(".")
         owner = self.module.get_submodule(owner_path) if owner_path else self.module
         delattr(owner, leaf)

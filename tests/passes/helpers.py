@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.fx import GraphModule
@@ -13,7 +15,8 @@ from fxq.tracing import trace
 
 
 def traced(model: nn.Module) -> GraphModule:
-    gm = trace(model.eval()).graph_module
+    """Trace a copy: passes rewrite the GraphModule's submodules in place, and those are the traced model's own."""
+    gm = trace(copy.deepcopy(model).eval()).graph_module
     add_properties(gm, frozenset({"traced"}))
     return gm
 
