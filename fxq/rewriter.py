@@ -50,6 +50,7 @@ class Rewriter:
         self.gm = gm
         self.pass_name = pass_name
         self.modules: dict[str, nn.Module] = dict(gm.named_modules())
+        self.memo: dict[str, object] = {}  # facts a pass's rewrites compute once per run
         self._rule: Rule | None = None
 
     def apply(self, rules: Sequence[Rule]) -> dict[str, int]:

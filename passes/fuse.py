@@ -9,6 +9,7 @@ and modules called more than once are left alone, with the reason recorded as a 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from torch import nn
@@ -80,12 +81,19 @@ def _not_fusable(rw: Rewriter, op: Node, other: Node | None) -> str | None:
             continue
         if node.op != "call_module":
             return f"{node.name} is a {node.op.replace('_', ' ')}; only module forms are fused"
-        calls = sum(1 for n in rw.gm.graph.nodes if n.op == "call_module" and n.target == node.target)
+        calls = _module_calls(rw)[node.target]
         if calls > 1:
             return f"module {node.target!r} is called {calls} times; folding it would change the other calls"
         if rw.modules[node.target].training:
             return f"module {node.target!r} is in training mode; fusion for inference needs eval mode"
     return None
+
+
+def _module_calls(rw: Rewriter) -> Counter:
+    """How many call sites each module has (counted once per run: fusion never adds a call site)."""
+    if "module_calls" not in rw.memo:
+        rw.memo["module_calls"] = Counter(n.target for n in rw.gm.graph.nodes if n.op == "call_module")
+    return rw.memo["module_calls"]
 
 
 def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
