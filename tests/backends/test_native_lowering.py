@@ -103,8 +103,9 @@ def test_runtime_modules_round_trip_copy_and_print():
     with torch.no_grad():
         for module in other.modules():  # scramble, then restore from the saved state
             if isinstance(module, QuantizedLinear):
-                module.load_state_dict({"qweight": torch.quantize_per_tensor(
-                    torch.zeros(module.qweight.shape), 1.0, 0, torch.qint8), "bias": torch.zeros_like(module.bias)})
+                zeros = torch.quantize_per_tensor(torch.zeros(module.qweight.shape), 1.0, 0, torch.qint8)
+                module.qweight, module.bias = zeros, torch.zeros_like(module.bias)
+                module._repack()
     assert not torch.equal(other(x), expected)
     other.load_state_dict(torch.load(buffer))
     assert torch.equal(other(x), expected)
@@ -117,3 +118,15 @@ def test_weights_are_stored_as_int8():
     int8 = [m.qweight for m in native.modules() if isinstance(m, (QuantizedConv, QuantizedLinear))]
     assert all(q.dtype == torch.qint8 for q in int8)
     assert sum(q.numel() * q.element_size() for q in int8) * 4 == float_bytes
+
+
+def test_state_dict_stores_weights_compactly_and_reports_missing_ones():
+    native = _convert("resnet", "x86")
+    state = native.state_dict()
+    assert state["conv1.weight_int8"].dtype == torch.int8
+    assert state["conv1.weight_scale"].dtype == torch.float32
+    assert state["conv1.weight_zero_point"].dtype == torch.int32
+    assert not any(key.endswith("qweight") for key in state)
+    del state["fc.weight_scale"]
+    result = _convert("resnet", "x86").load_state_dict(state, strict=False)
+    assert result.missing_keys == ["fc.weight_scale"] and result.unexpected_keys == []

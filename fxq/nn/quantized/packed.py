@@ -1,11 +1,13 @@
 """What every native weighted module shares: an int8 weight and float bias kept as state (so ``state_dict``,
-``deepcopy`` and pickling work), a kernel-specific prepacked copy rebuilt from them, and the output qparams."""
+``deepcopy`` and pickling work), a kernel-specific prepacked copy rebuilt from them, and the output qparams.
+In ``state_dict`` the weight is stored compactly (see ``weight_state``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from fxq.nn.quantized import weight_state
 from fxq.nn.quantized.engine import using_engine
 
 
@@ -21,7 +23,7 @@ class PackedWeightModule(nn.Module):
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int,
                  relu: bool) -> None:
         super().__init__()
-        self.register_buffer("qweight", qweight)
+        self.qweight = qweight
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.scale, self.zero_point, self.relu = float(scale), int(zero_point), bool(relu)
         self.engine = torch.backends.quantized.engine  # the engine the weights are packed for
@@ -38,11 +40,24 @@ class PackedWeightModule(nn.Module):
     def _pack(self):
         raise NotImplementedError
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("qweight", "bias"):  # take the saved tensors whole: their qscheme may differ from ours
-            if prefix + name in state_dict:
-                self._buffers[name] = state_dict[prefix + name].clone()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, value in weight_state.to_state(self.qweight).items():
+            destination[prefix + key] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if prefix + "bias" in state_dict:  # take the saved bias whole (ours may be None)
+            self._buffers["bias"] = state_dict[prefix + "bias"].clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        keys = [prefix + key for key in weight_state.KEYS]
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in keys]
+        absent = [key for key in keys if key not in state_dict]
+        if absent:
+            missing_keys.extend(absent)
+            return
+        self.qweight = weight_state.from_state({key: state_dict[prefix + key] for key in weight_state.KEYS})
         self._repack()
 
     def __getstate__(self):
