@@ -60,7 +60,7 @@ def _digits_case() -> Case:
         with torch.no_grad():
             return (m(test_x).argmax(1) == test_y).float().mean().item() * 100
 
-    return Case("digits CNN 1x1x8x8 (trained)", lambda: model, [(b,) for b in train_x.split(128)[:8]],
+    return Case(f"digits CNN {len(test_x)}x1x8x8 (trained)", lambda: model, [(b,) for b in train_x.split(128)[:8]],
                 [(test_x,)], accuracy)
 
 
