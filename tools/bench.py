@@ -170,7 +170,8 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
         rows.append(row)
         print(f"measured {case.name}", flush=True)
     metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key != "model"]
-    print(f"\n{threads} threads, batch 1, median of {rounds} interleaved rounds; ratios from this run")
+    print(f"\n{threads} threads, input shapes as in the column titles, median of {rounds} interleaved rounds; "
+          "ratios from this run")
     print(tabulate([[metric] + [row.get(metric, "") for row in rows] for metric in metrics],
                    headers=[""] + [row["model"] for row in rows], disable_numparse=True))
     return 0
