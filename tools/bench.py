@@ -22,6 +22,7 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
+from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
 
 
@@ -84,11 +85,6 @@ def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, war
                 variants[name]()
                 samples[name].append(time.perf_counter() - start)
     return {name: _median_ms(values) for name, values in samples.items()}
-
-
-def _sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
-    noise = (reference - test).float().norm()
-    return float("inf") if noise == 0 else (20 * torch.log10(reference.float().norm() / noise)).item()
 
 
 def _outputs(model: nn.Module, batches: list[tuple]) -> torch.Tensor:
@@ -156,8 +152,8 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
             "torch.ao ms": f"{latency['torch.ao']:.2f}" if theirs is not None else "n/a",
             "fxq/torch.ao": f"{latency['fxq'] / latency['torch.ao']:.2f}" if theirs is not None else "n/a",
             "size fxq/fp32": f"{serialized_size(ours) / serialized_size(model):.3f}",
-            "SQNR fxq dB": f"{_sqnr(reference, _outputs(ours, case.evaluation)):.1f}",
-            "SQNR torch.ao dB": f"{_sqnr(reference, _outputs(theirs, case.evaluation)):.1f}" if theirs else "n/a",
+            "SQNR fxq dB": f"{sqnr_db(reference, _outputs(ours, case.evaluation)):.1f}",
+            "SQNR torch.ao dB": f"{sqnr_db(reference, _outputs(theirs, case.evaluation)):.1f}" if theirs else "n/a",
             "prepare+convert s fxq": f"{our_times['prepare_s'] + our_times['convert_s']:.2f}",
             "prepare+convert s torch.ao": (f"{their_times['prepare_s'] + their_times['convert_s']:.2f}"
                                            if theirs is not None else "n/a"),

@@ -3,7 +3,6 @@ what was gained (size) and lost (accuracy, SQNR), with every node's decision bef
 
 from __future__ import annotations
 
-import io
 import time
 from functools import partial
 
@@ -13,6 +12,8 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
+from fxq.metrics import sqnr_db
+from fxq.report import serialized_size
 from fxq.rows import inspect
 
 
@@ -71,17 +72,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item() * 100
 
 
-def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    noise = (reference - test).norm()
-    return float("inf") if noise == 0 else (20 * torch.log10(reference.norm() / noise)).item()
-
-
-def serialized_bytes(model: nn.Module) -> int:
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
-
-
 def run_demo(epochs: int = 8, seed: int = 0) -> int:
     train_x, train_y, test_x, test_y = load_digits_tensors(seed)
     start = time.perf_counter()
@@ -104,7 +94,7 @@ def run_demo(epochs: int = 8, seed: int = 0) -> int:
     with torch.no_grad():
         float_logits, quant_logits = model(test_x), quantized(test_x)
     float_acc, quant_acc = accuracy(model, test_x, test_y), accuracy(quantized, test_x, test_y)
-    float_size, quant_size = serialized_bytes(model), serialized_bytes(quantized)
+    float_size, quant_size = serialized_size(model), serialized_size(quantized)
     timed = time_interleaved({"float": partial(model, test_x), "int8": partial(quantized, test_x)}, rounds=20,
                              warmup=3)
     float_ms, quant_ms = timed["float"], timed["int8"]
