@@ -70,8 +70,12 @@ def _median_ms(samples: list[float]) -> float:
 
 
 def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call for each variant. Rounds alternate between variants and rotate their order,
-    so that no variant always runs right after the same other one (and inherits its cold caches)."""
+    """Median milliseconds per call for each variant.
+
+    Rounds alternate between variants (rotating their order) so slow drifts of the machine hit all alike. Inside a
+    round each variant runs once untimed before its timed call: otherwise a variant is timed with the caches the
+    previous variant left behind, and whichever one more often follows the big fp32 model looks slower.
+    """
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     with torch.no_grad():
@@ -81,6 +85,7 @@ def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, war
         for index in range(rounds):
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
+                variants[name]()
                 start = time.perf_counter()
                 variants[name]()
                 samples[name].append(time.perf_counter() - start)
