@@ -18,6 +18,7 @@ from torch.fx import GraphModule
 from fxq.annotation import copy_graph_module
 from fxq.backends import get_backend
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
+from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
@@ -31,6 +32,7 @@ _RECORDS_KEY = "fxq_records"
 _LEAVES_KEY = "fxq_float_leaves"
 
 
+@paused_gc()
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
             concrete_args: dict | None = None, keep_snapshots: bool = False) -> GraphModule:
@@ -67,6 +69,7 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     return prepared.eval()
 
 
+@paused_gc()
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModule:
     """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was.
 

@@ -18,6 +18,7 @@ from torch.fx import GraphModule, Node
 
 from fxq.annotation import copy_graph_module
 from fxq.errors import ConfigError, FxqError, PassError, PassOrderError
+from fxq.gc_pause import paused_gc
 from fxq.graph_pass import GraphPass, PassContext, add_properties, properties_of
 from fxq.pass_registry import get_pass
 
@@ -107,6 +108,7 @@ class PassManager:
                     f"that has {sorted(have)}; run {providers} before it")
             have |= graph_pass.provides
 
+    @paused_gc()
     def run(self, gm: GraphModule, ctx: PassContext | None = None) -> PipelineResult:
         """Run every pass in order on ``gm`` and return the final GraphModule with per-pass records."""
         ctx = ctx or PassContext()
@@ -119,7 +121,6 @@ class PassManager:
             try:
                 new_gm = graph_pass.run(gm, ctx)
                 new_gm.graph.lint()
-                new_gm.recompile()
             except FxqError:
                 raise
             except Exception as err:
@@ -128,9 +129,11 @@ class PassManager:
             add_properties(new_gm, graph_pass.provides)
             gm = new_gm
             if reference is not None:
+                gm.recompile()
                 self._check_numerics(gm, ctx, graph_pass, reference)
             snapshot = copy_graph_module(gm) if self.keep_snapshots else None
             result.records.append(PassRecord(graph_pass.name, seconds, before_nodes, len(gm.graph.nodes), snapshot))
+        gm.recompile()  # once, not after every pass: generating the code of a big graph takes a while
         result.graph_module = gm
         return result
 

@@ -159,20 +159,46 @@ class NoMatch:
 _OTHER_OP = NoMatch("another op")
 
 
-def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module]) -> bool:
+class FormCache:
+    """Each node's (form key, concept), computed once per rewrite run: every rule tests the same nodes again, and
+    on graphs of thousands of nodes recomputing them dominated lowering time. ``forget`` the nodes a rewrite
+    changed."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self._seen: dict[Node, tuple[object, str | None]] = {}
+
+    def lookup(self, node: Node) -> tuple[object, str | None]:
+        found = self._seen.get(node)
+        if found is None:
+            key = ops.form_key(node, self.modules)
+            found = self._seen[node] = (key, ops.concept_of(node, self.modules) if key is not None else None)
+        return found
+
+    def forget(self, nodes: Sequence[Node]) -> None:
+        for node in nodes:
+            self._seen.pop(node, None)
+
+
+def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module], cache: FormCache | None = None) -> bool:
     """True if ``node`` computes the op ``pattern`` asks for (any known form of the same concept)."""
-    key = ops.form_key(node, modules)
+    if cache is not None:
+        key, concept = cache.lookup(node)
+    else:
+        key = ops.form_key(node, modules)
+        concept = ops.concept_of(node, modules) if key is not None else None
     if key is None:
         return False
     kind, want = pattern._want
     if kind == "concept":
-        return ops.concept_of(node, modules) == want
+        return concept == want
     return key == (kind, want)
 
 
-def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor: bool = True) -> Match | NoMatch:
+def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor: bool = True,
+          cache: FormCache | None = None) -> Match | NoMatch:
     """Try ``pattern`` with its last op at ``node``."""
-    if not op_matches(pattern, node, modules):
+    if not op_matches(pattern, node, modules, cache):
         # an anchor that is simply another op is not worth a message: most nodes fail this way
         return NoMatch(f"{node.name} is not {pattern.describe()}") if not anchor else _OTHER_OP
     captures: dict[str, Node] = {}
@@ -184,7 +210,7 @@ def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor
         if index >= len(node.args) or not isinstance(node.args[index], Node):
             return NoMatch(f"{node.name} has no node input {index} for {sub.describe()}", near=True)
         child = node.args[index]
-        found = match(sub, child, modules, anchor=False)
+        found = match(sub, child, modules, anchor=False, cache=cache)
         if not found:
             return NoMatch(found.reason, near=True)
         if len(child.users) > 1 and not sub.multi_user:
@@ -203,17 +229,21 @@ def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor
 
 
 def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
-                 claimed: set[Node] | None = None) -> Iterator[tuple[Node, Match | NoMatch]]:
+                 claimed: set[Node] | None = None, cache: FormCache | None = None
+                 ) -> Iterator[tuple[Node, Match | NoMatch]]:
     """Match ``pattern`` anchored at every node, last node first, skipping nodes already in a match.
 
     Yields (anchor, result) for successes and near misses; plain non-matches are not reported. The nodes a
     success owns are added to ``claimed`` so that no node is consumed by two matches.
     """
     claimed = set() if claimed is None else claimed
+    cache = cache or FormCache(modules)
+    kind, want = pattern._want
     for node in reversed(graph.nodes):
-        if node in claimed:
+        key, concept = cache.lookup(node)  # the anchor test inline: most nodes fail it
+        if (concept != want if kind == "concept" else key != (kind, want)) or node in claimed:
             continue
-        result = match(pattern, node, modules)
+        result = match(pattern, node, modules, cache=cache)
         if result:
             if any(member in claimed for member in result.owned):
                 continue

@@ -15,7 +15,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import info, stamp
-from fxq.pattern import Match, Pattern, definition_site, find_matches
+from fxq.pattern import FormCache, Match, Pattern, definition_site, find_matches
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,15 @@ class Rewriter:
         """Match every rule over the graph (earlier rules first) and rewrite; returns rewrites per rule."""
         counts = {rule.name: 0 for rule in rules}
         claimed: set[Node] = set()
+        cache = FormCache(self.modules)
         for rule in rules:
-            for anchor, result in list(find_matches(self.gm.graph, rule.pattern, self.modules, claimed)):
+            for anchor, result in list(find_matches(self.gm.graph, rule.pattern, self.modules, claimed, cache)):
                 if not result:
                     info(anchor).declined.append((rule.name, result.reason))
                     continue
                 if self._apply_one(rule, result):
                     counts[rule.name] += 1
+                    cache.forget(result.nodes)
                 else:
                     claimed.difference_update(result.owned)
         self.gm.graph.eliminate_dead_code()

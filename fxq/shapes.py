@@ -1,37 +1,72 @@
 """What each node's value is (a float tensor, an integer tensor, a tuple, a Python number), found by running
-the example inputs through the graph once. Observers go only on float tensors; this is how passes know."""
+the example inputs through the graph once. Observers go only on float tensors; this is how passes know.
+
+The record is deliberately small (dtype and shape): torch's ShapeProp also computes strides, memory formats and
+qparams for every value, which made it ten times slower than running the graph on big graphs.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch.fx import GraphModule, Node
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx import GraphModule, Interpreter, Node
 
 from fxq.errors import TraceError
 
+VALUE_KEY = "fxq_value"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """The dtype and shape a node's tensor had on the example inputs."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
 
 def propagate(gm: GraphModule, example_inputs: tuple) -> None:
-    """Record ``tensor_meta`` (dtype, shape) on every node by running ``example_inputs`` once."""
+    """Record a ``TensorInfo`` (or a tuple of them, or None) on every node by running ``example_inputs`` once."""
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
+            _Recorder(gm).run(*example_inputs)
     except Exception as err:
         raise TraceError(f"running the example inputs through the captured graph failed: {type(err).__name__}: "
                          f"{err}; check that example_inputs match the model's forward signature") from err
+
+
+def value_of(node: Node):
+    """What ``propagate`` recorded for ``node``: a TensorInfo, a tuple of them (None for non-tensors), or None."""
+    return node.meta.get(VALUE_KEY)
 
 
 def is_float_tensor(value: object) -> bool:
     """True if ``value`` is a node whose recorded value is a single floating-point tensor."""
     if not isinstance(value, Node):
         return False
-    meta = value.meta.get("tensor_meta")
-    return isinstance(meta, TensorMetadata) and meta.dtype.is_floating_point
+    meta = value.meta.get(VALUE_KEY)
+    return isinstance(meta, TensorInfo) and meta.dtype.is_floating_point
 
 
 def float_tensors_in(value: object) -> bool:
     """True if ``value`` is a node whose recorded value is a tuple/list holding only float tensors."""
     if not isinstance(value, Node):
         return False
-    meta = value.meta.get("tensor_meta")
-    return (isinstance(meta, (tuple, list)) and len(meta) > 0
-            and all(isinstance(m, TensorMetadata) and m.dtype.is_floating_point for m in meta))
+    meta = value.meta.get(VALUE_KEY)
+    return (isinstance(meta, tuple) and len(meta) > 0
+            and all(isinstance(m, TensorInfo) and m.dtype.is_floating_point for m in meta))
+
+
+class _Recorder(Interpreter):
+    def run_node(self, node: Node):
+        result = super().run_node(node)
+        node.meta[VALUE_KEY] = _describe(result)
+        return result
+
+
+def _describe(value: object):
+    if isinstance(value, torch.Tensor):
+        return TensorInfo(value.dtype, tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return tuple(_describe(item) if isinstance(item, torch.Tensor) else None for item in value)
+    return None

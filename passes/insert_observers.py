@@ -20,7 +20,7 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.observers import FixedQParamsObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.rewriter import Rewriter
-from fxq.shapes import float_tensors_in, is_float_tensor, propagate
+from fxq.shapes import VALUE_KEY, float_tensors_in, is_float_tensor, propagate
 
 _OPS = ("call_module", "call_function", "call_method")
 
@@ -113,7 +113,7 @@ class _Placement:
 
     def _observe_output(self, node: Node, observer: str) -> None:
         call = self.rw.insert("call_module", observer, (node,), after=node, like=node)
-        call.meta["tensor_meta"] = node.meta.get("tensor_meta")
+        call.meta[VALUE_KEY] = node.meta.get(VALUE_KEY)
         node.replace_all_uses_with(call, delete_user_cb=lambda user: user is not call)
         self.quantized[call] = observer
         info(node).observers["output"] = observer
@@ -126,7 +126,7 @@ class _Placement:
         if existing is None:
             observer = self._add_observer(value, info(consumer).qconfig.activation())
             existing = self.rw.insert("call_module", observer, (value,), after=value, like=consumer)
-            existing.meta["tensor_meta"] = value.meta.get("tensor_meta")
+            existing.meta[VALUE_KEY] = value.meta.get(VALUE_KEY)
             self.quantized[existing] = observer
         consumer.replace_input_with(value, existing)
         info(consumer).observers[f"input{index}"] = self.quantized[existing]

@@ -52,9 +52,10 @@ class Lower(GraphPass):
         _record_status(gm, backend.name)
         if backend.lowering_rules:
             with using_engine(backend.engine):
-                rw.apply(backend.lowering_rules)
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
+                rw.apply(backend.lowering_rules)  # also drops what the rewrites left unused
+        else:
+            gm.graph.eliminate_dead_code()
+            gm.delete_all_unused_submodules()
         return gm
 
 

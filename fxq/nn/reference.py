@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fxq.ops import concept_of_module
+
 
 class WeightQuantized(nn.Module):
     """Runs ``module`` with its weight (at ``weight_name``, e.g. "weight" or "0.weight") taken from ``qweight``.
@@ -27,13 +29,7 @@ class WeightQuantized(nn.Module):
         delattr(owner, leaf)
         self.weight_name = weight_name
         self.register_buffer("qweight", qweight)
-
-    @property
-    def fxq_concept(self) -> str | None:
-        """What the wrapped module computes ("linear", "conv2d_relu", ...), for patterns and backends."""
-        from fxq.ops import concept_of_module
-
-        return concept_of_module(self.module)
+        self.fxq_concept = concept_of_module(module)  # what it computes ("linear", "conv2d_relu"...), for patterns
 
     def forward(self, *args, **kwargs):
         return functional_call(self.module, {self.weight_name: self.qweight.dequantize()}, args, kwargs)

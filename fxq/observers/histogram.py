@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from fxq.errors import ConfigError
@@ -102,9 +103,9 @@ def _rebin(counts: torch.Tensor, old_low: float, old_high: float, new_low: float
 def _best_symmetric_range(counts: torch.Tensor, low: float, high: float, levels: int) -> tuple[float, float]:
     """The best [-b, b], with b tried at every bin width up to the largest magnitude seen."""
     bins = counts.numel()
-    bound = max(-low, high) * torch.arange(1, bins + 1, dtype=torch.float64) / bins
+    bound = max(-low, high) * np.arange(1, bins + 1, dtype=np.float64) / bins
     error = _ExpectedError(counts, low, high, levels)(-bound, bound)
-    best = float(bound[torch.argmin(error)])
+    best = float(bound[np.argmin(error)])
     return -best, best
 
 
@@ -117,21 +118,20 @@ def _best_affine_range(counts: torch.Tensor, low: float, high: float, levels: in
     bins = counts.numel()
     error = _ExpectedError(counts, low, high, levels)
     width = (high - low) / bins
-    zero = torch.zeros((), dtype=torch.float64)
 
-    def best_pair(starts: torch.Tensor, ends: torch.Tensor) -> tuple[int, int]:
-        start, end = torch.meshgrid(starts, ends, indexing="ij")
+    def best_pair(starts: np.ndarray, ends: np.ndarray) -> tuple[int, int]:
+        start, end = np.meshgrid(starts, ends, indexing="ij")
         keep = start < end
         start, end = start[keep], end[keep]
-        lo = torch.minimum(low + width * start.double(), zero)
-        hi = torch.maximum(low + width * end.double(), zero)
-        best = torch.argmin(error(lo, hi))
+        lo = np.minimum(low + width * start, 0.0)
+        hi = np.maximum(low + width * end, 0.0)
+        best = np.argmin(error(lo, hi))
         return int(start[best]), int(end[best])
 
-    def around(edge: int, radius: int, stride: int) -> torch.Tensor:
-        return torch.arange(max(edge - radius, 0), min(edge + radius, bins) + 1, stride)
+    def around(edge: int, radius: int, stride: int) -> np.ndarray:
+        return np.arange(max(edge - radius, 0), min(edge + radius, bins) + 1, stride)
 
-    grid = torch.cat([torch.arange(0, bins, step), torch.tensor([bins])])
+    grid = np.append(np.arange(0, bins, step), bins)
     start, end = best_pair(grid, grid)
     while step > 1:
         finer = max(step // 8, 1)
@@ -144,23 +144,25 @@ class _ExpectedError:
     """Expected squared quantization error of a histogram's values for many candidate ranges at once.
 
     Each bin counts as its values sitting at its centre. Prefix sums of n, n*c and n*c^2 over the bins give
-    each candidate's clipping error in O(log bins), so all candidates are evaluated in a few tensor ops.
+    each candidate's clipping error in O(log bins), so all candidates are evaluated in a few array ops. The
+    arrays are small and the ops many (thousands of observers in a big graph), so this runs in numpy, whose
+    per-call overhead is a fraction of torch's.
     """
 
     def __init__(self, counts: torch.Tensor, low: float, high: float, levels: int) -> None:
-        bins = counts.numel()
-        self.centres = low + (high - low) / bins * (torch.arange(bins, dtype=torch.float64) + 0.5)
-        zero = counts.new_zeros(1)
-        self.n = torch.cat([zero, counts.cumsum(0)])
-        self.s1 = torch.cat([zero, (counts * self.centres).cumsum(0)])
-        self.s2 = torch.cat([zero, (counts * self.centres.square()).cumsum(0)])
+        counts = counts.double().numpy()
+        bins = counts.size
+        self.centres = low + (high - low) / bins * (np.arange(bins, dtype=np.float64) + 0.5)
+        self.n = np.concatenate(([0.0], counts.cumsum()))
+        self.s1 = np.concatenate(([0.0], (counts * self.centres).cumsum()))
+        self.s2 = np.concatenate(([0.0], (counts * self.centres**2).cumsum()))
         self.levels = levels
 
-    def __call__(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         n, s1, s2 = self.n, self.s1, self.s2
-        below = torch.searchsorted(self.centres, lo)  # bins whose centre lies below lo
-        upto = torch.searchsorted(self.centres, hi, right=True)  # bins whose centre lies at or below hi
-        clip_low = s2[below] - 2 * lo * s1[below] + lo.square() * n[below]
-        clip_high = (s2[-1] - s2[upto]) - 2 * hi * (s1[-1] - s1[upto]) + hi.square() * (n[-1] - n[upto])
-        noise = (n[upto] - n[below]) * ((hi - lo) / self.levels).square() / 12
-        return clip_low.clamp(min=0) + clip_high.clamp(min=0) + noise
+        below = np.searchsorted(self.centres, lo)  # bins whose centre lies below lo
+        upto = np.searchsorted(self.centres, hi, side="right")  # bins whose centre lies at or below hi
+        clip_low = s2[below] - 2 * lo * s1[below] + lo**2 * n[below]
+        clip_high = (s2[-1] - s2[upto]) - 2 * hi * (s1[-1] - s1[upto]) + hi**2 * (n[-1] - n[upto])
+        noise = (n[upto] - n[below]) * ((hi - lo) / self.levels) ** 2 / 12
+        return np.maximum(clip_low, 0) + np.maximum(clip_high, 0) + noise
