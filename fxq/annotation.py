@@ -99,6 +99,18 @@ def copy_record(record: NodeInfo) -> NodeInfo:
                    declined=list(record.declined), history=list(record.history))
 
 
+def take_over(new: Node, old: Node) -> None:
+    """``new`` replaces ``old`` (a lowering rule's kernel call for a reference op): it inherits what the op
+    was (concept, fusion, qconfig and the rule that chose it, observers, qparams) and its history, so that dumps
+    and comparisons can follow the op into the lowered graph. ``new``'s own stamps come after."""
+    source, record = info(old), copy_record(info(old))
+    target = info(new)
+    record.lowered_to, record.float_reason = target.lowered_to, target.float_reason
+    record.history = source.history + target.history
+    record.declined = source.declined + target.declined
+    new.meta[META_KEY] = record
+
+
 def copy_graph_module(gm, share: Iterable[Any] = ()):
     """A deep copy of a GraphModule whose node records are copies too (``deepcopy`` alone shares node meta).
 

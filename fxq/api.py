@@ -32,7 +32,6 @@ _RECORDS_KEY = "fxq_records"
 _LEAVES_KEY = "fxq_float_leaves"
 
 
-@paused_gc()
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
             concrete_args: dict | None = None, keep_snapshots: bool = False) -> GraphModule:
@@ -55,13 +54,14 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     get_backend(backend)
     example_inputs = _as_tuple(example_inputs)
     work = _eval_copy(model, "prepare")
-    captured = trace(work, leaf_modules=leaf_modules, leaf_module_types=leaf_module_types,
-                     concrete_args=concrete_args)
-    gm = captured.graph_module
-    add_properties(gm, frozenset({"traced"}))
-    ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
-                      original=model)
-    result = PassManager(list(PREPARE_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+    with paused_gc():
+        captured = trace(work, leaf_modules=leaf_modules, leaf_module_types=leaf_module_types,
+                         concrete_args=concrete_args)
+        gm = captured.graph_module
+        add_properties(gm, frozenset({"traced"}))
+        ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
+                          original=model)
+        result = PassManager(list(PREPARE_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     prepared = result.graph_module
     prepared.meta[_BACKEND_KEY] = backend
     prepared.meta[_RECORDS_KEY] = result.records
@@ -69,7 +69,6 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     return prepared.eval()
 
 
-@paused_gc()
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModule:
     """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was.
 
@@ -81,9 +80,10 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModu
         raise ConfigError("convert() takes the model returned by fxq.prepare() after calibration; got "
                           f"{type(prepared).__name__}")
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
-    gm = copy_graph_module(prepared, share=observers)
-    ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
-    result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+    with paused_gc():
+        gm = copy_graph_module(prepared, share=observers)
+        ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
+        result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
     converted.meta[_RECORDS_KEY] = list(prepared.meta.get(_RECORDS_KEY, [])) + result.records
     return converted.eval()

@@ -121,6 +121,25 @@ class Rewriter:
                 node.meta["nn_module_stack"] = like.meta["nn_module_stack"]
         return self.stamp(node)
 
+    def release_attribute(self, node: Node) -> None:
+        """Erase a ``get_attr`` node nothing uses any more, and its tensor if nothing else reads it."""
+        if node.op == "get_attr" and not node.users:
+            self.gm.graph.erase_node(node)
+            self.drop_unread_attributes({node.target})
+
+    def drop_unread_attributes(self, targets: Iterable[str]) -> None:
+        """Delete the tensors at ``targets`` that no ``get_attr`` node reads and no called module owns (it would
+        read them itself): a float weight replaced by its int8 copy must not stay in the model."""
+        read = {node.target for node in self.gm.graph.nodes if node.op == "get_attr"}
+        called = {node.target for node in self.gm.graph.nodes if node.op == "call_module"}
+        for target in set(targets) - read:
+            owner_path, _, leaf = target.rpartition(".")
+            if any(owner_path == path or owner_path.startswith(path + ".") for path in called):
+                continue
+            owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
+            if hasattr(owner, leaf):
+                delattr(owner, leaf)
+
     def erase(self, nodes: Iterable[Node]) -> None:
         """Erase nodes that no longer have users, last first."""
         for node in reversed(list(nodes)):

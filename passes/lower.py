@@ -20,7 +20,7 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized.engine import using_engine
 from fxq.nn.reference import WeightQuantized
-from fxq.observers import Observer
+from fxq.observers import MinMaxObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import describe_qparams, quantize_with
 from fxq.rewriter import Rewriter
@@ -51,8 +51,10 @@ class Lower(GraphPass):
                     _quantize_weight(rw, node, support)
         _record_status(gm, backend.name)
         if backend.lowering_rules:
+            read_before = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
             with using_engine(backend.engine):
-                rw.apply(backend.lowering_rules)  # also drops what the rewrites left unused
+                rw.apply(backend.lowering_rules)  # also drops the nodes and modules the rewrites left unused
+            rw.drop_unread_attributes(read_before)  # and the weights they packed into native modules
         else:
             gm.graph.eliminate_dead_code()
             gm.delete_all_unused_submodules()
@@ -90,6 +92,9 @@ def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
             info(node).declined.append(("lower", f"weight {weight_node} is computed at run time; kept float"))
             return
     observer = info(node).qconfig.weight()
+    per_tensor_because = support.per_tensor_weight if observer.per_channel else None
+    if per_tensor_because:
+        observer = _per_tensor_like(observer)
     observer.node_name = f"{node.name} (weight)"
     observer(weight.detach())
     qparams = observer.calculate_qparams()
@@ -101,8 +106,19 @@ def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
         rw.gm.register_buffer(name, qweight)
         attr = rw.insert("get_attr", name, (), before=node, like=node)
         dq = rw.insert("call_method", "dequantize", (attr,), before=node, like=node)
+        info(dq).lowered_to = "dequantize"
         node.replace_input_with(weight_node, dq)
+        rw.release_attribute(weight_node)  # the float weight is not kept next to its int8 copy
     info(node).qparams["weight"] = describe_qparams(observer, qparams)
+    if per_tensor_because:
+        info(node).qparams["weight"]["why_per_tensor"] = per_tensor_because
+
+
+def _per_tensor_like(observer: Observer) -> Observer:
+    """A per-tensor min/max observer with the same dtype, scheme and range as a per-channel one."""
+    custom = {"quant_min": observer.quant_min, "quant_max": observer.quant_max} if observer.custom_range else {}
+    return MinMaxObserver(dtype=observer.dtype, symmetric=observer.symmetric, eps=observer.eps,
+                          reduce_range=observer.reduce_range and not observer.custom_range, **custom)
 
 
 def _constant(gm: GraphModule, value) -> torch.Tensor | None:

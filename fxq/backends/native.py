@@ -12,17 +12,21 @@ import torch
 from torch import nn
 from torch.fx import Node
 
-from fxq.annotation import info
+from fxq.annotation import info, take_over
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear
 from fxq.nn.reference import WeightQuantized
 from fxq.pattern import ANY, Pattern
 from fxq.rewriter import Declined, Rewriter, Rule
+from fxq.shapes import TensorInfo, value_of
 
-_WEIGHTED = ("linear", "linear_relu", "conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3d_relu")
+_WEIGHTED = ("linear", "linear_relu", "conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3d_relu",
+             "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 _BINARY = {"add": torch.ops.quantized.add, "add_relu": torch.ops.quantized.add_relu,
            "mul": torch.ops.quantized.mul, "mul_relu": torch.ops.quantized.mul_relu,
            "matmul": torch.ops.quantized.matmul}
+_ACTIVATIONS = ("sigmoid", "tanh", "softmax", "hardsigmoid", "hardswish", "leaky_relu", "elu")
+_NORMS = ("layer_norm", "group_norm", "instance_norm", "batch_norm", "batch_norm_relu")
 # Ops torch runs on a quantized tensor as it is, keeping its qparams. (Not mean: torch's int8 mean rounds
 # differently from the reference and drifts by ~1 step, so it stays a dequantize -> mean -> quantize island.)
 SHARED = ("relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
@@ -39,47 +43,109 @@ def _output_qparams(q: Node) -> tuple[float, int]:
     return q.args[1], q.args[2]
 
 
-def _becomes(new: Node, q: Node) -> Node:
-    """``new`` now produces what ``q`` produced: it carries q's output qparams."""
-    info(new).qparams.setdefault("output", info(q).qparams.get("output", {}))
+def _becomes(new: Node, q: Node, op: Node) -> Node:
+    """``new`` now computes what ``op`` computed and produces what ``q`` produced: it takes over op's record
+    (when it is a new node) and carries q's output qparams."""
+    if new is not op:
+        take_over(new, op)
+    info(new).qparams["output"] = info(q).qparams.get("output", {})
     return new
 
 
 def weighted_module(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
-    """dequantize -> reference linear/conv module -> quantize  =>  one native module on the quantized input."""
-    module = rw.modules.get(op.target) if op.op == "call_module" else None
+    """dequantize -> reference linear/conv module or functional call -> quantize  =>  one native module on the
+    quantized input."""
+    if op.op == "call_module":
+        made = _native_from_module(rw, op, q)
+    else:
+        made = _native_from_call(rw, op, q)
+    if isinstance(made, Declined):
+        return made
+    native, keep_node = made
+    if keep_node:
+        rw.set_module(op.target, native)
+        op.args, op.kwargs = (x.args[0],), {}
+        node = op
+    else:
+        name = rw.unique_name(f"{op.name}_int8")
+        rw.gm.add_submodule(name, native)
+        rw.modules[name] = native
+        node = rw.insert("call_module", name, (x.args[0],), before=q, like=op)
+    _becomes(node, q, op)
+    info(node).lowered_to = type(native).__name__ + ("+relu" if native.relu else "")
+    return node
+
+
+def _native_from_module(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool] | Declined:
+    module = rw.modules.get(op.target)
     if not isinstance(module, WeightQuantized):
-        return Declined(f"{op.name} is not a weight-quantized module (functional forms are not lowered yet)")
+        return Declined(f"{op.name}'s weight was not quantized")
     inner = module.module
     relu = isinstance(inner, FusedModule)
     layer = inner[0] if relu else inner
     bias = layer.bias.detach() if layer.bias is not None else None
     scale, zero_point = _output_qparams(q)
     if isinstance(layer, nn.Linear):
-        native = QuantizedLinear(module.qweight, bias, scale, zero_point, relu)
-    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            return Declined(f"{op.name} uses padding {layer.padding!r} / mode {layer.padding_mode!r}; the int8 "
-                            "kernel supports explicit zero padding only")
-        native = QuantizedConv(module.qweight, bias, scale, zero_point, relu, layer.stride, layer.padding,
-                               layer.dilation, layer.groups)
-    else:
+        return QuantizedLinear(module.qweight, bias, scale, zero_point, relu), True
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                              nn.ConvTranspose3d)):
         return Declined(f"no native kernel for {type(layer).__name__}")
-    rw.set_module(op.target, native)
-    op.args = (x.args[0],)
-    info(op).lowered_to = f"{type(native).__name__}" + ("+relu" if relu else "")
-    return _becomes(rw.stamp(op), q)
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return Declined(f"{op.name} uses padding {layer.padding!r} / mode {layer.padding_mode!r}; the int8 "
+                        "kernel supports explicit zero padding only")
+    transposed = isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    return _conv(module.qweight, bias, q, relu, layer.stride, layer.padding, layer.dilation, layer.groups,
+                 transposed, getattr(layer, "output_padding", 0)), True
+
+
+# Positional order of the functional convolutions' settings after (input, weight, bias), with defaults.
+_CONV_ARGS = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
+_CONV_TRANSPOSE_ARGS = (("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1))
+
+
+def _native_from_call(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool] | Declined:
+    """F.linear / F.conv*d / F.conv_transpose*d whose weight lowering quantized and whose bias is a constant."""
+    weight = op.args[1] if len(op.args) > 1 else op.kwargs.get("weight")
+    if not (_is_dq(weight) and weight.args[0].op == "get_attr"):
+        return Declined(f"{op.name}'s weight is computed at run time; only constant weights are prepacked")
+    qweight = _attribute(rw.gm, weight.args[0].target)
+    bias_node = op.args[2] if len(op.args) > 2 else op.kwargs.get("bias")
+    if bias_node is not None and not (isinstance(bias_node, Node) and bias_node.op == "get_attr"):
+        return Declined(f"{op.name}'s bias is computed at run time; only a constant bias is prepacked")
+    bias = _attribute(rw.gm, bias_node.target).detach() if bias_node is not None else None
+    concept = info(op).concept
+    scale, zero_point = _output_qparams(q)
+    if concept == "linear":
+        return QuantizedLinear(qweight, bias, scale, zero_point, False), False
+    transposed = concept.startswith("conv_transpose")
+    names = _CONV_TRANSPOSE_ARGS if transposed else _CONV_ARGS
+    settings = {name: op.args[3 + i] if len(op.args) > 3 + i else op.kwargs.get(name, default)
+                for i, (name, default) in enumerate(names)}
+    if isinstance(settings["padding"], str):
+        return Declined(f"{op.name} uses padding {settings['padding']!r}; the int8 kernel needs explicit padding")
+    return _conv(qweight, bias, q, False, settings["stride"], settings["padding"], settings["dilation"],
+                 settings["groups"], transposed, settings.get("output_padding", 0)), False
+
+
+def _conv(qweight, bias, q: Node, relu: bool, stride, padding, dilation, groups, transposed: bool,
+          output_padding) -> QuantizedConv:
+    scale, zero_point = _output_qparams(q)
+    return QuantizedConv(qweight, bias, scale, zero_point, relu, stride, padding, dilation, groups,
+                         transposed=transposed, output_padding=output_padding)
+
+
+def _attribute(gm, target: str):
+    owner_path, _, leaf = target.rpartition(".")
+    return getattr(gm.get_submodule(owner_path) if owner_path else gm, leaf)
 
 
 def binary(rw: Rewriter, q: Node, op: Node, a: Node, b: Node) -> Node | Declined:
     """dequantize(a) (+, *, @) dequantize(b) -> quantize  =>  quantized.add / mul / matmul (+relu)."""
     if op.kwargs or len(op.args) != 2:
         return Declined(f"{op.name} has extra arguments; only a plain binary op lowers")
-    kernel = _BINARY[info(op).concept]
     scale, zero_point = _output_qparams(q)
-    node = rw.insert("call_function", kernel, (a.args[0], b.args[0], scale, zero_point), before=q, like=op)
-    info(node).lowered_to = f"quantized.{info(op).concept}"
-    return _becomes(node, q)
+    kernel = _BINARY[info(op).concept]
+    return _kernel_call(rw, q, op, kernel, (a.args[0], b.args[0], scale, zero_point))
 
 
 def concatenate(rw: Rewriter, q: Node, op: Node) -> Node | Declined:
@@ -89,10 +155,7 @@ def concatenate(rw: Rewriter, q: Node, op: Node) -> Node | Declined:
     if not isinstance(tensors, (list, tuple)) or not all(_is_dq(t) for t in tensors):
         return Declined(f"{op.name}'s inputs are not all quantized")
     scale, zero_point = _output_qparams(q)
-    node = rw.insert("call_function", torch.ops.quantized.cat, ([t.args[0] for t in tensors], dim, scale, zero_point),
-                     before=q, like=op)
-    info(node).lowered_to = "quantized.cat"
-    return _becomes(node, q)
+    return _kernel_call(rw, q, op, torch.ops.quantized.cat, ([t.args[0] for t in tensors], dim, scale, zero_point))
 
 
 def shared(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
@@ -102,50 +165,98 @@ def shared(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
         return Declined(f"{op.name}'s output qparams differ from its input's; it cannot run on the int8 tensor")
     op.replace_input_with(x, source)
     info(op).lowered_to = f"int8 {info(op).concept}"
-    return _becomes(rw.stamp(op), q)
+    return _becomes(rw.stamp(op), q, op)
 
 
-def fixed_range(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
-    """dequantize -> sigmoid/tanh/softmax -> quantize  =>  the quantized kernel with the fixed output qparams."""
+# What torch's int8 sigmoid-like kernels produce for quint8 (they take no output qparams): [0, 1) and [-1, 1).
+_KERNEL_FIXED_QPARAMS = {"tanh": (2.0 / 256.0, 128), "hardsigmoid": (1.0 / 256.0, 0)}
+
+
+def activation(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
+    """dequantize -> activation -> quantize  =>  its int8 kernel, producing the output qparams."""
+    concept, source = info(op).concept, x.args[0]
     scale, zero_point = _output_qparams(q)
-    concept = info(op).concept
+    if concept in _KERNEL_FIXED_QPARAMS:
+        if (scale, zero_point) != _KERNEL_FIXED_QPARAMS[concept] or q.args[3] != torch.quint8:
+            return Declined(f"{op.name}'s output qparams are not the fixed quint8 ones torch's int8 {concept} makes")
+        kernel = torch.tanh if concept == "tanh" else torch.nn.functional.hardsigmoid
+        return _kernel_call(rw, q, op, kernel, (source,))
     if concept == "softmax":
-        dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim")
+        dim = _setting(rw, op, "dim", 1, None)
         if dim is None:
             return Declined(f"{op.name} has no explicit dim")
-        node = rw.insert("call_function", torch.ops.quantized.softmax, (x.args[0], dim, scale, zero_point),
-                         before=q, like=op)
-    elif concept == "sigmoid":
-        node = rw.insert("call_function", torch.ops.quantized.sigmoid, (x.args[0], scale, zero_point), before=q,
-                         like=op)
-    else:
-        node = rw.insert("call_function", torch.tanh, (x.args[0],), before=q, like=op)
-    info(node).lowered_to = f"quantized.{concept}"
-    return _becomes(node, q)
+        return _kernel_call(rw, q, op, torch.ops.quantized.softmax, (source, dim, scale, zero_point))
+    if concept == "leaky_relu":
+        slope = _setting(rw, op, "negative_slope", 1, 0.01)
+        return _kernel_call(rw, q, op, torch.ops.quantized.leaky_relu, (source, slope, False, scale, zero_point))
+    if concept == "elu":
+        alpha = _setting(rw, op, "alpha", 1, 1.0)
+        return _kernel_call(rw, q, op, torch.ops.quantized.elu, (source, scale, zero_point, alpha))
+    kernel = {"sigmoid": torch.ops.quantized.sigmoid, "hardswish": torch.ops.quantized.hardswish}[concept]
+    return _kernel_call(rw, q, op, kernel, (source, scale, zero_point))
 
 
-def layer_norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
-    """dequantize -> LayerNorm -> quantize  =>  quantized.layer_norm with the module's affine parameters."""
+def norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
+    """dequantize -> LayerNorm / GroupNorm / InstanceNorm / BatchNorm (+ReLU) module -> quantize  =>  the int8
+    normalisation kernel with the module's parameters."""
+    concept = info(op).concept
     if op.op != "call_module":
-        return Declined(f"{op.name} is functional; only the module form lowers to the int8 layer norm")
-    norm = rw.modules[op.target]
+        return Declined(f"{op.name} is functional; only the module form of {concept} lowers to its int8 kernel")
+    module = rw.modules[op.target]
+    layer, prefix = (module[0], "0.") if isinstance(module, FusedModule) else (module, "")
     scale, zero_point = _output_qparams(q)
-    weight = _attr(rw, op, "weight", norm.weight)
-    bias = _attr(rw, op, "bias", norm.bias)
-    node = rw.insert("call_function", torch.ops.quantized.layer_norm,
-                     (x.args[0], list(norm.normalized_shape), weight, bias, norm.eps, scale, zero_point),
-                     before=q, like=op)
-    info(node).lowered_to = "quantized.layer_norm"
-    return _becomes(node, q)
+    source = x.args[0]
+
+    def param(leaf: str) -> Node | None:
+        return _attr(rw, op, prefix + leaf, getattr(layer, leaf))
+
+    if concept == "layer_norm":
+        args = (source, list(layer.normalized_shape), param("weight"), param("bias"), layer.eps, scale, zero_point)
+        return _kernel_call(rw, q, op, torch.ops.quantized.layer_norm, args)
+    if concept == "group_norm":
+        args = (source, layer.num_groups, param("weight"), param("bias"), layer.eps, scale, zero_point)
+        return _kernel_call(rw, q, op, torch.ops.quantized.group_norm, args)
+    if concept == "instance_norm":
+        if layer.track_running_stats:
+            return Declined(f"{op.name} normalises with running statistics; the int8 kernel uses each instance's")
+        args = (source, param("weight"), param("bias"), layer.eps, scale, zero_point)
+        return _kernel_call(rw, q, op, torch.ops.quantized.instance_norm, args)
+    rank = _rank(op)
+    dims = {2: 1, 3: 1, 4: 2, 5: 3}.get(rank)
+    if dims is None or (concept == "batch_norm_relu" and dims == 1):
+        return Declined(f"no int8 kernel for {concept} on a rank-{rank} tensor")
+    if layer.running_mean is None:
+        return Declined(f"{op.name} keeps no running statistics; the int8 kernel needs them")
+    kernel = getattr(torch.ops.quantized, f"batch_norm{dims}d" + ("_relu" if concept == "batch_norm_relu" else ""))
+    args = (source, param("weight"), param("bias"), param("running_mean"), param("running_var"), layer.eps, scale,
+            zero_point)
+    return _kernel_call(rw, q, op, kernel, args)
 
 
-def hardswish(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
-    """dequantize -> hardswish -> quantize  =>  quantized.hardswish."""
-    scale, zero_point = _output_qparams(q)
-    node = rw.insert("call_function", torch.ops.quantized.hardswish, (x.args[0], scale, zero_point), before=q,
-                     like=op)
-    info(node).lowered_to = "quantized.hardswish"
-    return _becomes(node, q)
+def _kernel_call(rw: Rewriter, q: Node, op: Node, kernel, args: tuple) -> Node:
+    """A call of ``kernel`` that replaces ``op`` (and its quantize ``q``)."""
+    node = rw.insert("call_function", kernel, args, before=q, like=op)
+    info(node).lowered_to = _kernel_name(kernel)
+    return _becomes(node, q, op)
+
+
+def _kernel_name(kernel) -> str:
+    name = getattr(kernel, "__name__", str(kernel))
+    return name if name.startswith("quantized.") else f"quantized.{name.split('.')[-1]}"
+
+
+def _setting(rw: Rewriter, op: Node, name: str, position: int, default):
+    """An op setting from its module attribute, or its functional call's argument (positional or keyword)."""
+    if op.op == "call_module":
+        return getattr(rw.modules[op.target], name, default)
+    if len(op.args) > position:
+        return op.args[position]
+    return op.kwargs.get(name, default)
+
+
+def _rank(node: Node) -> int | None:
+    value = value_of(node)
+    return len(value.shape) if isinstance(value, TensorInfo) else None
 
 
 def _attr(rw: Rewriter, near: Node, leaf: str, value) -> Node | None:
@@ -171,16 +282,16 @@ def _rule(concept: str, rewrite, comment: str, inputs: int = 1) -> Rule:
 
 
 NATIVE_RULES = (
-    # dequantize -> linear/conv (+relu) -> quantize: prepacked int8 module
+    # dequantize -> linear/conv (+relu), module or functional -> quantize: prepacked int8 module
     *[_rule(concept, weighted_module, "int8 weighted op") for concept in _WEIGHTED],
     # binary ops on two quantized inputs: quantized.add / mul / matmul (+relu)
     *[_rule(concept, binary, "int8 binary op", inputs=2) for concept in _BINARY],
     # cat of quantized tensors: quantized.cat
     _rule("cat", concatenate, "int8 cat", inputs=0),
-    # fixed output range: quantized sigmoid / tanh / softmax
-    *[_rule(concept, fixed_range, "fixed-qparams op") for concept in ("sigmoid", "tanh", "softmax")],
-    _rule("layer_norm", layer_norm, "int8 layer norm"),
-    _rule("hardswish", hardswish, "int8 hardswish"),
+    # activations with int8 kernels (fixed-range ones produce their fixed qparams)
+    *[_rule(concept, activation, "int8 activation") for concept in _ACTIVATIONS],
+    # normalisation modules with their parameters
+    *[_rule(concept, norm, "int8 normalisation") for concept in _NORMS],
     # range-preserving ops run on the int8 tensor as they are
     *[_rule(concept, shared, "op on int8 tensor") for concept in SHARED],
 )

@@ -7,11 +7,26 @@ values for channels-last tensors (which every qnnpack conv produces); tests/back
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fxq.backends.native import NATIVE_RULES
 from fxq.backends.table import Backend
 from fxq.backends.x86 import X86
 
 NO_QNNPACK_KERNEL = {"conv3d", "conv3d_relu", "conv_transpose3d", "relu6", "hardtanh"}
 
-QNNPACK = Backend("qnnpack", {name: entry for name, entry in X86.ops.items() if name not in NO_QNNPACK_KERNEL},
+# qnnpack's transposed convolution takes per-channel weights only along axis 1 (output channels); fxq's
+# per-channel weight observers use axis 0, so these weights are per tensor here too.
+PER_TENSOR_TRANSPOSED = ("qnnpack's int8 transposed convolution needs per-channel scales along weight axis 1, "
+                         "and fxq's per-channel weight observers use axis 0")
+
+
+def _qnnpack_entry(entry):
+    if entry.per_tensor_weight:
+        return replace(entry, per_tensor_weight=PER_TENSOR_TRANSPOSED)
+    return entry
+
+
+QNNPACK = Backend("qnnpack", {name: _qnnpack_entry(entry) for name, entry in X86.ops.items()
+                              if name not in NO_QNNPACK_KERNEL},
                   lowering_rules=NATIVE_RULES, reduce_range=False, engine="qnnpack")

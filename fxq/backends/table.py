@@ -44,6 +44,8 @@ class OpSupport:
         weight_arg: for the functional form, which positional argument is the weight.
         fixed: the qparams for FIXED ops.
         activation_dtypes / weight_dtypes: the dtypes the backend's kernel accepts.
+        per_tensor_weight: why the kernel needs a per-tensor weight (lowering then quantizes the weight per
+            tensor even if the qconfig asks per channel, and records this reason); None if per channel is fine.
     """
 
     concept: str
@@ -53,6 +55,7 @@ class OpSupport:
     fixed: FixedQParams | None = None
     activation_dtypes: frozenset[torch.dtype] = frozenset({torch.quint8, torch.qint8})
     weight_dtypes: frozenset[torch.dtype] = frozenset({torch.qint8})
+    per_tensor_weight: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Native int8 Conv1d/2d/3d (optionally fused with ReLU) on ``torch.ops.quantized.conv{1,2,3}d``."""
+"""Native int8 convolutions on ``torch.ops.quantized``: Conv1d/2d/3d (optionally fused with ReLU) and
+ConvTranspose1d/2d/3d."""
 
 from __future__ import annotations
 
@@ -6,38 +7,58 @@ import torch
 
 from fxq.nn.quantized.packed import PackedWeightModule
 
+# In torch 2.13 the onednn transposed convolution (which the "x86" engine picks) returns wrong values for
+# int8 inputs (max error larger than the output itself; torch.ao's own module is affected too), while fbgemm's
+# matches the float reference. Transposed convolutions are packed with fbgemm on these engines.
+ONEDNN_ENGINES = ("x86", "onednn")
+
 
 class QuantizedConv(PackedWeightModule):
-    """y = conv(x, W) (+ ReLU) for 1, 2 or 3 spatial dims (from the weight's rank), zero padding only."""
+    """y = conv(x, W) (+ ReLU) for 1, 2 or 3 spatial dims (from the weight's rank), zero padding only.
+
+    ``transposed=True`` runs the transposed convolution (``conv_transpose{n}d``, no ReLU form); the x86 kernel
+    accepts only a per-tensor weight for it.
+    """
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int, relu: bool,
-                 stride, padding, dilation, groups: int) -> None:
+                 stride, padding, dilation, groups: int, *, transposed: bool = False, output_padding=0) -> None:
         super().__init__(qweight, bias, scale, zero_point, relu)
         self.dims = qweight.dim() - 2
         self.stride, self.padding = _tuple(stride, self.dims), _tuple(padding, self.dims)
         self.dilation, self.groups = _tuple(dilation, self.dims), int(groups)
+        self.transposed, self.output_padding = bool(transposed), _tuple(output_padding, self.dims)
+        if self.transposed and self.engine in ONEDNN_ENGINES and "fbgemm" in torch.backends.quantized.supported_engines:
+            self.engine = "fbgemm"  # see ONEDNN_ENGINES
         self._repack()
 
     @property
     def fxq_concept(self) -> str:
-        return f"conv{self.dims}d"
+        return f"conv_transpose{self.dims}d" if self.transposed else f"conv{self.dims}d"
 
     def _pack(self):
+        if self.transposed:
+            prepack = getattr(torch.ops.quantized, f"conv_transpose{self.dims}d_prepack")
+            return prepack(self.qweight, self.bias, list(self.stride), list(self.padding), list(self.output_padding),
+                           list(self.dilation), self.groups)
         prepack = getattr(torch.ops.quantized, f"conv{self.dims}d_prepack")
         return prepack(self.qweight, self.bias, list(self.stride), list(self.padding), list(self.dilation),
                        self.groups)
 
     def _kernel(self):
-        return getattr(torch.ops.quantized, f"conv{self.dims}d_relu" if self.relu else f"conv{self.dims}d")
+        return getattr(torch.ops.quantized, self.fxq_concept + ("_relu" if self.relu else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self._packed, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
-        out_channels, in_per_group = self.qweight.shape[:2]
-        return (f"{in_per_group * self.groups}, {out_channels}, kernel_size={tuple(self.qweight.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"{self._weight_repr()}")
+        if self.transposed:  # weight: (in, out / groups, *kernel)
+            in_channels, out_channels = self.qweight.shape[0], self.qweight.shape[1] * self.groups
+        else:  # weight: (out, in / groups, *kernel)
+            out_channels, in_channels = self.qweight.shape[0], self.qweight.shape[1] * self.groups
+        extra = f", output_padding={self.output_padding}" if self.transposed else ""
+        return (f"{in_channels}, {out_channels}, kernel_size={tuple(self.qweight.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}{extra}, dilation={self.dilation}, "
+                f"groups={self.groups}, {self._weight_repr()}")
 
 
 def _tuple(value, dims: int) -> tuple[int, ...]:
