@@ -24,6 +24,7 @@ from fxq.observers import MinMaxObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import describe_qparams, quantize_with
 from fxq.rewriter import Rewriter
+from fxq.shapes import VALUE_KEY, TensorInfo, value_of
 
 _OPS = ("call_module", "call_function", "call_method")
 
@@ -55,6 +56,7 @@ class Lower(GraphPass):
             with using_engine(backend.engine):
                 rw.apply(backend.lowering_rules)  # also drops the nodes and modules the rewrites left unused
             rw.drop_unread_attributes(read_before)  # and the weights they packed into native modules
+            _dequantize_to_contiguous(rw)
         else:
             gm.graph.eliminate_dead_code()
             gm.delete_all_unused_submodules()
@@ -74,6 +76,7 @@ def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -
     for node, role in ((q, "quantize"), (dq, "dequantize")):
         info(node).lowered_to = role
         info(node).qparams["output"] = qparams
+        node.meta[VALUE_KEY] = value.meta.get(VALUE_KEY)
     call.replace_all_uses_with(dq)
     rw.gm.graph.erase_node(call)
     producer = info(value)
@@ -112,6 +115,28 @@ def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
     info(node).qparams["weight"] = describe_qparams(observer, qparams)
     if per_tensor_because:
         info(node).qparams["weight"]["why_per_tensor"] = per_tensor_because
+
+
+def _dequantize_to_contiguous(rw: Rewriter) -> None:
+    """Float values leaving a native kernel are made contiguous, as the float model's are.
+
+    Native convolutions produce channels-last tensors. A float op reading one sums in another order than the
+    reference graph does (its value then ties differently when requantized: "mixed" lost 5 dB to this alone),
+    and a model output in channels-last breaks a caller's ``.view``. ``contiguous()`` on an already contiguous
+    tensor returns it as it is, so this costs a copy only where the layout really differs. Only 4-d and 5-d
+    values can be channels-last (``dequantize`` already returns lower-rank values contiguous).
+    """
+    for node in list(rw.gm.graph.nodes):
+        value = value_of(node)
+        if (node.op == "call_method" and node.target == "dequantize" and not _is_quantize(node.args[0])
+                and isinstance(value, TensorInfo) and len(value.shape) >= 4):
+            contiguous = rw.insert("call_method", "contiguous", (node,), after=node, like=node)
+            info(contiguous).lowered_to = "layout"
+            node.replace_all_uses_with(contiguous, delete_user_cb=lambda user, c=contiguous: user is not c)
+
+
+def _is_quantize(node) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target is torch.quantize_per_tensor
 
 
 def _per_tensor_like(observer: Observer) -> Observer:
