@@ -53,8 +53,8 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     """
     get_backend(backend)
     example_inputs = _as_tuple(example_inputs)
-    work = _eval_copy(model, "prepare")
     with paused_gc():
+        work = _eval_copy(model, "prepare")
         captured = trace(work, leaf_modules=leaf_modules, leaf_module_types=leaf_module_types,
                          concrete_args=concrete_args)
         gm = captured.graph_module

@@ -13,7 +13,7 @@ with the graph. A failed match is a value (``NoMatch``) carrying its reason, so 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -228,10 +228,34 @@ def match(pattern: Pattern, node: Node, modules: dict[str, nn.Module], *, anchor
     return Match(pattern, node, captures, nodes, owned)
 
 
+class AnchorIndex:
+    """Nodes by the op they compute, last node first, so that each rule visits only the nodes its anchor op can
+    match instead of the whole graph (dozens of lowering rules over thousands of nodes)."""
+
+    def __init__(self, graph: Graph, cache: FormCache) -> None:
+        self.cache = cache
+        self._by_want: dict[object, list[Node]] = {}
+        for node in reversed(graph.nodes):
+            self.add(node)
+
+    def add(self, node: Node) -> None:
+        """Index ``node`` (a node created after the index was built is visited after the older ones)."""
+        key, concept = self.cache.lookup(node)
+        if key is None:
+            return
+        self._by_want.setdefault(key, []).append(node)
+        if concept is not None:
+            self._by_want.setdefault(("concept", concept), []).append(node)
+
+    def candidates(self, pattern: Pattern) -> list[Node]:
+        return [node for node in self._by_want.get(pattern._want, ()) if not node._erased]
+
+
 def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
-                 claimed: set[Node] | None = None, cache: FormCache | None = None
-                 ) -> Iterator[tuple[Node, Match | NoMatch]]:
-    """Match ``pattern`` anchored at every node, last node first, skipping nodes already in a match.
+                 claimed: set[Node] | None = None, cache: FormCache | None = None,
+                 candidates: Iterable[Node] | None = None) -> Iterator[tuple[Node, Match | NoMatch]]:
+    """Match ``pattern`` anchored at every node (or at ``candidates``), last node first, skipping nodes already
+    in a match.
 
     Yields (anchor, result) for successes and near misses; plain non-matches are not reported. The nodes a
     success owns are added to ``claimed`` so that no node is consumed by two matches.
@@ -239,7 +263,7 @@ def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
     claimed = set() if claimed is None else claimed
     cache = cache or FormCache(modules)
     kind, want = pattern._want
-    for node in reversed(graph.nodes):
+    for node in reversed(graph.nodes) if candidates is None else candidates:
         key, concept = cache.lookup(node)  # the anchor test inline: most nodes fail it
         if (concept != want if kind == "concept" else key != (kind, want)) or node in claimed:
             continue

@@ -15,7 +15,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import info, stamp
-from fxq.pattern import FormCache, Match, Pattern, definition_site, find_matches
+from fxq.pattern import AnchorIndex, FormCache, Match, Pattern, definition_site, find_matches
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,22 @@ class Rule:
         return self.rewrite.__name__
 
 
+def drop_unused_submodules(gm: GraphModule) -> None:
+    """Delete the submodules no node calls or reads from (``GraphModule.delete_all_unused_submodules`` does the
+    same in time quadratic in the number of modules, which dominated convert on graphs of thousands of nodes)."""
+    used: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "get_attr"):
+            continue
+        parts = node.target.split(".")
+        used.update(".".join(parts[:end]) for end in range(1, len(parts) + 1))  # it and its ancestors
+        if node.op == "call_module":  # and everything inside it
+            used.update(f"{node.target}.{name}" for name, _ in gm.get_submodule(node.target).named_modules()
+                        if name)
+    for name in [name for name, _ in gm.named_modules() if name and name not in used]:
+        gm.delete_submodule(name)
+
+
 class Rewriter:
     """Applies rules to one GraphModule on behalf of one pass, stamping provenance on what it touches."""
 
@@ -52,14 +68,18 @@ class Rewriter:
         self.modules: dict[str, nn.Module] = dict(gm.named_modules())
         self.memo: dict[str, object] = {}  # facts a pass's rewrites compute once per run
         self._rule: Rule | None = None
+        self._index: AnchorIndex | None = None  # while apply() runs: new nodes join it
 
     def apply(self, rules: Sequence[Rule]) -> dict[str, int]:
         """Match every rule over the graph (earlier rules first) and rewrite; returns rewrites per rule."""
         counts = {rule.name: 0 for rule in rules}
         claimed: set[Node] = set()
         cache = FormCache(self.modules)
+        self._index = AnchorIndex(self.gm.graph, cache)
         for rule in rules:
-            for anchor, result in list(find_matches(self.gm.graph, rule.pattern, self.modules, claimed, cache)):
+            candidates = self._index.candidates(rule.pattern)
+            for anchor, result in list(find_matches(self.gm.graph, rule.pattern, self.modules, claimed, cache,
+                                                    candidates)):
                 if not result:
                     info(anchor).declined.append((rule.name, result.reason))
                     continue
@@ -68,8 +88,9 @@ class Rewriter:
                     cache.forget(result.nodes)
                 else:
                     claimed.difference_update(result.owned)
+        self._index = None
         self.gm.graph.eliminate_dead_code()
-        self.gm.delete_all_unused_submodules()
+        drop_unused_submodules(self.gm)
         return counts
 
     def _apply_one(self, rule: Rule, found: Match) -> bool:
@@ -119,6 +140,8 @@ class Rewriter:
             record.module_path, record.module_type = source.module_path, source.module_type
             if "nn_module_stack" in like.meta:
                 node.meta["nn_module_stack"] = like.meta["nn_module_stack"]
+        if self._index is not None:
+            self._index.add(node)
         return self.stamp(node)
 
     def release_attribute(self, node: Node) -> None:

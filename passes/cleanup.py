@@ -15,7 +15,7 @@ from torch.fx import GraphModule, Node
 from fxq.annotation import info
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_registry import register_pass
-from fxq.rewriter import Rewriter
+from fxq.rewriter import Rewriter, drop_unused_submodules
 
 _NO_OP_CONCEPTS = ("identity", "dropout")
 
@@ -55,7 +55,7 @@ class Cleanup(GraphPass):
                 rw.stamp(source.args[0])
                 gm.graph.erase_node(node)
         gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
+        drop_unused_submodules(gm)
         return gm
 
 

@@ -23,7 +23,7 @@ from fxq.nn.reference import WeightQuantized
 from fxq.observers import MinMaxObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import describe_qparams, quantize_with
-from fxq.rewriter import Rewriter
+from fxq.rewriter import Rewriter, drop_unused_submodules
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -59,7 +59,7 @@ class Lower(GraphPass):
             _dequantize_to_contiguous(rw)
         else:
             gm.graph.eliminate_dead_code()
-            gm.delete_all_unused_submodules()
+            drop_unused_submodules(gm)
         return gm
 
 
