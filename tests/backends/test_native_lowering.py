@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from fxq.tools import bench_models as zoo
 
 import fxq
 from fxq.annotation import info
@@ -65,8 +66,20 @@ def test_float_values_leave_native_kernels_contiguous():
         assert native(x).is_contiguous()
 
 
-def test_resnet_has_one_quantize_one_dequantize_and_no_float_op():
-    native = _convert("resnet", "x86")
+def _resnet18():
+    """The benchmark's ResNet-18 itself (with real batch-norm statistics), on a small input to stay fast."""
+    model = zoo.warm_batch_norm(zoo.ResNet18(classes=10), (4, 3, 64, 64))
+    prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(1, 3, 64, 64),),
+                           backend="x86")
+    with torch.no_grad():
+        for _ in range(2):
+            prepared(torch.randn(2, 3, 64, 64))
+    return fxq.convert(prepared)
+
+
+@pytest.mark.parametrize("make", [lambda: _convert("resnet", "x86"), _resnet18], ids=["resnet", "resnet18"])
+def test_resnet_has_one_quantize_one_dequantize_and_no_float_op(make):
+    native = make()
     quantizes = [n for n in native.graph.nodes if n.target is torch.quantize_per_tensor]
     dequantizes = [n for n in native.graph.nodes if n.target == "dequantize"]
     assert len(quantizes) == 1 and quantizes[0].args[0].op == "placeholder"
