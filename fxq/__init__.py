@@ -10,6 +10,7 @@
 from fxq import observers
 from fxq.annotation import NodeInfo, info
 from fxq.api import convert, pass_records, prepare, quantize, report_of
+from fxq.dump import NodeRow, inspect
 from fxq.errors import (
     CalibrationError,
     ConfigError,
@@ -25,7 +26,6 @@ from fxq.pass_registry import available_passes, get_pass, register_pass
 from fxq.pattern import ANY, Pattern
 from fxq.qconfig import QConfig, get_default_qconfig
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
-from fxq.rows import NodeRow, inspect
 from fxq.tracing import trace
 
 __version__ = "0.1.0"

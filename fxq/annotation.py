@@ -39,6 +39,9 @@ class NodeInfo:
         module_type: the type of that module (for call_module nodes, the called module's type).
         fused_from: names of the original nodes merged into this one by fusion.
         fused_group: a name shared by the nodes of one fused unit (e.g. "conv1+bn1+relu1").
+        origin: the name of the traced node whose value this node computes (set by normalize; a fused node
+            computes its last member's value; a kernel that replaces an op takes over the op's origin). Tools
+            match quantized values to float ones through it.
         source_target: for a fused function call, the first fused op's target (``operator.add``), so that
             QConfigMapping object_type rules written for it still apply.
         qconfig: the QConfig chosen for the node, or None to leave it float.
@@ -58,6 +61,7 @@ class NodeInfo:
     fused_from: tuple[str, ...] = ()
     fused_group: str | None = None
     source_target: Any = None
+    origin: str | None = None
     qconfig: Any = None
     qconfig_rule: str | None = None
     precision: str | None = None

@@ -25,4 +25,8 @@ def describe_qparams(observer, qparams: tuple | None = None) -> dict:
         result.update(axis=observer.ch_axis, scale=scale.tolist(), zero_point=zero_point.tolist())
     else:
         result.update(scale=float(scale), zero_point=int(zero_point))
+    seen = observer.seen_range() if hasattr(observer, "seen_range") else None
+    if seen is not None:  # what calibration saw (the dump shows it next to the qparams chosen from it)
+        low, high = seen
+        result.update(min=low.tolist() if low.dim() else float(low), max=high.tolist() if high.dim() else float(high))
     return result

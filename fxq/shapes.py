@@ -27,12 +27,25 @@ class TensorInfo:
 
 def propagate(gm: GraphModule, example_inputs: tuple) -> None:
     """Record a ``TensorInfo`` (or a tuple of them, or None) on every node by running ``example_inputs`` once."""
+    for node, value in _run(gm, example_inputs).items():
+        node.meta[VALUE_KEY] = value
+
+
+def record_values(gm: GraphModule, example_inputs: tuple) -> dict[str, object]:
+    """Node name -> what ``propagate`` would record, without writing anything on the graph (for tools that
+    describe a model they must not change)."""
+    return {node.name: value for node, value in _run(gm, example_inputs).items()}
+
+
+def _run(gm: GraphModule, example_inputs: tuple) -> dict[Node, object]:
+    recorder = _Recorder(gm)
     try:
         with torch.no_grad():
-            _Recorder(gm).run(*example_inputs)
+            recorder.run(*example_inputs)
     except Exception as err:
         raise TraceError(f"running the example inputs through the captured graph failed: {type(err).__name__}: "
                          f"{err}; check that example_inputs match the model's forward signature") from err
+    return recorder.seen
 
 
 def value_of(node: Node):
@@ -58,9 +71,13 @@ def float_tensors_in(value: object) -> bool:
 
 
 class _Recorder(Interpreter):
+    def __init__(self, gm: GraphModule) -> None:
+        super().__init__(gm)
+        self.seen: dict[Node, object] = {}
+
     def run_node(self, node: Node):
         result = super().run_node(node)
-        node.meta[VALUE_KEY] = _describe(result)
+        self.seen[node] = _describe(result)
         return result
 
 

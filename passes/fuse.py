@@ -72,6 +72,7 @@ def elementwise_relu(rw: Rewriter, op: Node, relu: Node) -> Node | Declined:
     record.fused_from = (op.name, relu.name)
     record.fused_group = "+".join(record.fused_from)
     record.source_target = op.target
+    record.origin = info(relu).origin
     return node
 
 
@@ -102,6 +103,7 @@ def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
     record, other = info(keep), info(gone)
     record.fused_from = (record.fused_from or (keep.name,)) + (other.fused_from or (gone.name,))
     record.fused_group = "+".join(record.fused_from)
+    record.origin = other.origin  # keep now computes gone's value
     record.concept = getattr(rw.modules[keep.target], "fxq_concept", record.concept)
     rw.stamp(keep)
     rw.gm.graph.erase_node(gone)

@@ -49,7 +49,9 @@ class Normalize(GraphPass):
         for node in list(gm.graph.nodes):
             if node.op not in ("call_module", "call_function", "call_method"):
                 continue
-            info(node).concept = concept_of(node, modules)
+            record = info(node)
+            record.concept = concept_of(node, modules)
+            record.origin = node.name
             if is_inplace_form(node, modules):
                 _make_out_of_place(node, modules)
                 _redirect_later_uses(node, order)

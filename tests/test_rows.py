@@ -12,11 +12,13 @@ def test_rows_show_fusion_rules_status_and_qparams():
     rows = {row.name: row for row in fxq.inspect(prepared)}
     assert list(rows) == ["_0", "_2"]  # observers are hidden
     assert rows["_0"].fused_group == "_0+_1" and rows["_0"].concept == "linear_relu"
-    assert rows["_0"].qconfig_rule == "global" and rows["_0"].status == "observed (input0, output)"
-    assert rows["_2"].qconfig_rule == "module_name('2')" and rows["_2"].status.startswith("float: qconfig is None")
+    assert rows["_0"].rule == "global" and rows["_0"].status == "observed (input0, output)"
+    assert rows["_0"].observed_min is not None and rows["_0"].scale > 0  # what convert will choose
+    assert rows["_2"].rule == "module_name('2')" and rows["_2"].status.startswith("float: qconfig is None")
     converted = fxq.convert(prepared)
     rows = {row.name: row for row in fxq.inspect(converted)}
-    assert rows["_0"].status == "reference:linear_relu" and float(rows["_0"].scale) > 0
-    assert rows["_0"].zero_point == "0"  # a ReLU output starts at 0
+    assert rows["_0"].status == "reference:linear_relu" and rows["_0"].scale > 0
+    assert rows["_0"].zero_point == 0 and rows["_0"].observed_min >= 0  # a ReLU output starts at 0
+    assert rows["_0"].weight.startswith("qint8 per-channel (4 ch")
     with_boundaries = fxq.inspect(converted, include_boundaries=True)
     assert [r.status for r in with_boundaries].count("quantize") == 2

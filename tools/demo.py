@@ -12,9 +12,11 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
+from fxq.dump import inspect
+from fxq.dump.text import render_rows
 from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
-from fxq.rows import inspect
+from fxq.shapes import record_values
 
 
 class DigitsCNN(nn.Module):
@@ -87,9 +89,9 @@ def run_demo(epochs: int = 8, seed: int = 0) -> int:
     print(f"prepare + calibrate (8 batches) + convert: {time.perf_counter() - start:.2f} s\n")
 
     print("Decisions after prepare (what was fused, which rule chose the qconfig, what is observed):")
-    print(_table(inspect(prepared)))
+    print(render_rows(inspect(prepared)))
     print("\nDecisions after convert (x86 backend: int8 kernels, quantized tensors flowing between them):")
-    print(_table(inspect(quantized)))
+    print(render_rows(inspect(quantized, values=record_values(quantized, (test_x[:1],)))))
 
     with torch.no_grad():
         float_logits, quant_logits = model(test_x), quantized(test_x)
@@ -108,8 +110,3 @@ def run_demo(epochs: int = 8, seed: int = 0) -> int:
     print(tabulate(summary, headers=["", "float", "int8 (x86)", "change"]))
     return 0
 
-
-def _table(rows) -> str:
-    return tabulate([[r.name, r.kind, r.concept, r.fused_group, r.qconfig_rule, r.status, r.scale, r.zero_point]
-                     for r in rows],
-                    headers=["node", "kind", "concept", "fused", "qconfig rule", "status", "scale", "zp"])

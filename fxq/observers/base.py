@@ -115,6 +115,14 @@ class Observer(nn.Module):
         """The (min, max) the qparams are computed from; only meaningful when ``has_data``."""
         raise NotImplementedError
 
+    def seen_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The raw (min, max) calibration showed (per channel if per-channel), or None if it showed nothing or
+        the observer keeps no range (fixed qparams). ``observed_range`` may be narrower (a histogram clips)."""
+        low, high = getattr(self, "min_val", None), getattr(self, "max_val", None)
+        if low is None or high is None or not self.has_data:
+            return None
+        return low, high
+
     def _require_data(self) -> None:
         if not self.has_data:
             raise CalibrationError(f"observer of node {self.node_name!r} saw no data; run calibration data "
