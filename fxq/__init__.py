@@ -10,7 +10,7 @@
 from fxq import observers
 from fxq.annotation import NodeInfo, info
 from fxq.api import convert, pass_records, prepare, quantize, report_of
-from fxq.dump import NodeRow, inspect
+from fxq.dump import Comparison, LayerError, NodeRow, ObserverRow, compare, inspect, observer_summary
 from fxq.errors import (
     CalibrationError,
     ConfigError,
@@ -31,10 +31,10 @@ from fxq.tracing import trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANY", "CalibrationError", "ConfigError", "FxqError", "FxqWarning", "GraphPass", "NodeInfo", "PassContext",
-    "PassError", "PassManager", "PassOrderError", "Pattern", "QConfig", "QConfigMapping", "TraceError",
-    "available_passes", "convert", "get_default_qat_qconfig_mapping", "get_default_qconfig",
-    "get_default_qconfig_mapping", "get_pass", "info", "inspect", "NodeRow", "observers", "pass_records", "prepare", "quantize", "report_of",
-    "register_pass",
-    "trace",
+    "ANY", "CalibrationError", "Comparison", "ConfigError", "FxqError", "FxqWarning", "GraphPass", "LayerError",
+    "NodeInfo", "NodeRow", "ObserverRow", "PassContext", "PassError", "PassManager", "PassOrderError", "Pattern",
+    "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
+    "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
+    "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "register_pass",
+    "report_of", "trace",
 ]

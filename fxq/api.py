@@ -22,7 +22,7 @@ from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
-from fxq.tracing import trace
+from fxq.tracing import TRACE_OPTIONS_KEY, trace
 
 PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")
 CONVERT_PASSES = ("lower", "cleanup")
@@ -66,6 +66,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     prepared.meta[_BACKEND_KEY] = backend
     prepared.meta[_RECORDS_KEY] = result.records
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
+    prepared.meta[TRACE_OPTIONS_KEY] = {"leaf_modules": tuple(leaf_modules),
+                                        "leaf_module_types": tuple(leaf_module_types),
+                                        "concrete_args": concrete_args}
     return prepared.eval()
 
 

@@ -22,6 +22,8 @@ from torch.fx import GraphModule, Tracer
 from fxq.annotation import info, leave_float
 from fxq.errors import ConfigError, FxqWarning, TraceError
 
+TRACE_OPTIONS_KEY = "fxq_trace_options"  # prepare keeps its trace options here, so tools trace the float model alike
+
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
