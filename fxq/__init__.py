@@ -26,6 +26,7 @@ from fxq.pass_registry import available_passes, get_pass, register_pass
 from fxq.pattern import ANY, Pattern
 from fxq.qconfig import QConfig, get_default_qconfig
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+from fxq.saving import load, save
 from fxq.tracing import trace
 
 __version__ = "0.1.0"
@@ -36,5 +37,5 @@ __all__ = [
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "register_pass",
-    "report_of", "trace",
+    "report_of", "save", "load", "trace",
 ]

@@ -28,7 +28,7 @@ PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")
 CONVERT_PASSES = ("lower", "cleanup")
 
 _BACKEND_KEY = "fxq_backend"
-_RECORDS_KEY = "fxq_records"
+RECORDS_KEY = "fxq_records"
 _LEAVES_KEY = "fxq_float_leaves"
 
 
@@ -64,7 +64,7 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         result = PassManager(list(PREPARE_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     prepared = result.graph_module
     prepared.meta[_BACKEND_KEY] = backend
-    prepared.meta[_RECORDS_KEY] = result.records
+    prepared.meta[RECORDS_KEY] = result.records
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"leaf_modules": tuple(leaf_modules),
                                         "leaf_module_types": tuple(leaf_module_types),
@@ -88,7 +88,7 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModu
         ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
         result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
-    converted.meta[_RECORDS_KEY] = list(prepared.meta.get(_RECORDS_KEY, [])) + result.records
+    converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
     return converted.eval()
 
 
@@ -137,7 +137,7 @@ def _mapping_name(backend: str) -> str:
 
 def pass_records(gm: GraphModule) -> list[PassRecord]:
     """The per-pass records (name, time, node counts, snapshot) of the pipelines that produced ``gm``."""
-    return list(gm.meta.get(_RECORDS_KEY, []))
+    return list(gm.meta.get(RECORDS_KEY, []))
 
 
 def _as_tuple(example_inputs) -> tuple:

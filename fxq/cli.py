@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from fxq.errors import FxqError
+
 # torch 2.13 warns on every quantized tensor it creates that the API is deprecated (docs/architecture.md, "Known
 # risks"); the commands print tables a person reads, so the repeated notice is left out of them.
 _TORCH_DEPRECATION = "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor"
@@ -23,14 +25,31 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
+    dump = commands.add_parser("dump", help="what every node became at a pipeline stage, and why")
+    from fxq.tools.dump import add_arguments
+
+    add_arguments(dump)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=_TORCH_DEPRECATION, category=UserWarning)
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)  # copying int8
+    try:
+        return _run(args)
+    except FxqError as err:  # a user mistake with its fix in the message: no traceback
+        print(f"fxq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from fxq.tools.bench import run_bench, run_compile_bench
 
         if args.compile:
             return run_compile_bench()
         return run_bench(args.models.split(","), threads=args.threads, rounds=args.rounds)
+    if args.command == "dump":
+        from fxq.tools.dump import run
+
+        return run(args)
     if args.command == "demo":
         from fxq.tools.demo import run_demo
 

@@ -57,7 +57,8 @@ class _Failure(Exception):
 class QuantTracer(Tracer):
     """torch.fx's tracer with extra leaves and a record of which submodule was running when tracing failed."""
 
-    def __init__(self, leaf_paths: set[str], leaf_types: tuple[type, ...]) -> None:
+    def __init__(self, leaf_paths: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()) -> None:
+        # defaults: torch.load rebuilds a saved GraphModule by tracing its code with this class, argument-less
         super().__init__()
         self.leaf_paths, self.leaf_types = leaf_paths, leaf_types
         self._stack: list[str] = []

@@ -55,9 +55,9 @@ class Comparison:
     def __str__(self) -> str:
         from fxq.dump.text import fit_table
 
-        cells = [[layer.origin, layer.concept or "", layer.status, _db(layer.own_sqnr_db), _db(layer.sqnr_db),
+        cells = [[layer.node, layer.concept or "", layer.status, _db(layer.own_sqnr_db), _db(layer.sqnr_db),
                   f"{layer.max_abs_error:.3g}", f"{layer.cosine:.5f}"] for layer in self.layers]
-        return fit_table(["layer", "op", "became", "own SQNR dB", "SQNR dB", "max abs err", "cosine"], cells, 120)
+        return fit_table(["node", "op", "became", "own SQNR dB", "SQNR dB", "max abs err", "cosine"], cells, 120)
 
 
 def compare(float_model: nn.Module, quantized: GraphModule, data: Iterable) -> Comparison:
@@ -113,7 +113,8 @@ def _values(gm: GraphModule, batch: tuple, keep: dict[str, str] | None) -> dict[
         def run_node(self, node: Node):
             result = super().run_node(node)
             if isinstance(result, torch.Tensor) and (wanted is None or node.name in wanted):
-                seen[node.name] = result.dequantize() if result.is_quantized else result
+                # a copy: a later in-place op of the float model (ReLU6(inplace=True)) would change it
+                seen[node.name] = result.dequantize() if result.is_quantized else result.clone()
             return result
 
     Recorder(gm).run(*batch)

@@ -35,6 +35,9 @@ class NodeRow:
         sqnr_db, own_sqnr_db: from ``fxq.compare``: SQNR of this value against the float model's, and of the
             error this node adds on top of its inputs' (see ``fxq.dump.compare``).
         origin: the traced node whose value this node computes.
+        inputs: the names of the nodes it reads (the graph's edges).
+        category: "quantized", "float", "boundary" (observer, quantize, dequantize), "io" (inputs, outputs,
+            constants) or "pending" (not decided yet: a traced or fused graph); what the graph views colour.
     """
 
     name: str
@@ -56,15 +59,18 @@ class NodeRow:
     sqnr_db: float | None = None
     own_sqnr_db: float | None = None
     origin: str | None = None
+    inputs: tuple[str, ...] = ()
+    category: str = "pending"
 
 
-def inspect(gm: GraphModule, *, include_boundaries: bool = False, values: dict[str, Any] | None = None,
-            comparison=None) -> list[NodeRow]:
+def inspect(gm: GraphModule, *, include_boundaries: bool = False, all_nodes: bool = False,
+            values: dict[str, Any] | None = None, comparison=None) -> list[NodeRow]:
     """The rows of ``gm``'s op nodes in graph order.
 
     Args:
         include_boundaries: also list observers and quantize/dequantize nodes (op rows already show the
             qparams those fix).
+        all_nodes: every node, boundaries, inputs, constants and the output included (for graph views).
         values: node name -> ``TensorInfo`` (or tuple of them) from a run (``fxq.shapes.record_values``), for
             the dtypes; without it the dtypes prepare recorded are shown, for graphs not yet lowered.
         comparison: a ``fxq.compare`` result, to fill the error columns.
@@ -72,18 +78,29 @@ def inspect(gm: GraphModule, *, include_boundaries: bool = False, values: dict[s
     modules = dict(gm.named_modules())
     lowered = "lowered" in gm.meta.get("fxq_properties", ())
     errors = {layer.origin: layer for layer in comparison.layers} if comparison is not None else {}
+    value_of = _value_lookup(values, lowered)
     rows = []
     for node in gm.graph.nodes:
-        if node.op not in _OPS:
+        if node.op not in _OPS and not all_nodes:
             continue
         record: NodeInfo = node.meta.get("fxq") or NodeInfo()
-        boundary = record.lowered_to in ("quantize", "dequantize", "layout") or (
-            node.op == "call_module" and isinstance(modules.get(node.target), Observer))
-        if boundary and not include_boundaries:
+        boundary = node.op in _OPS and (record.lowered_to in ("quantize", "dequantize", "layout") or (
+            node.op == "call_module" and isinstance(modules.get(node.target), Observer)))
+        if boundary and not (include_boundaries or all_nodes):
             continue
-        value_of = _value_lookup(values, lowered)
-        rows.append(_row(node, record, modules, value_of, errors.get(record.origin)))
+        category = "boundary" if boundary else _category(node, record)
+        rows.append(_row(node, record, modules, value_of, errors.get(record.origin), category))
     return rows
+
+
+def _category(node: Node, record: NodeInfo) -> str:
+    if node.op not in _OPS:
+        return "io"
+    if record.float_reason or record.lowered_to == "float":
+        return "float"
+    if record.lowered_to or record.observers:
+        return "quantized"
+    return "pending"
 
 
 def _value_lookup(values: dict[str, Any] | None, lowered: bool):
@@ -94,14 +111,14 @@ def _value_lookup(values: dict[str, Any] | None, lowered: bool):
     return lambda node: node.meta.get(VALUE_KEY) if isinstance(node, Node) else None
 
 
-def _row(node: Node, record: NodeInfo, modules: dict, value_of, error) -> NodeRow:
+def _row(node: Node, record: NodeInfo, modules: dict, value_of, error, category: str) -> NodeRow:
     output = dict(record.qparams.get("output", {}))
     observer = modules.get(record.observers.get("output", ""))
     if not output and isinstance(observer, Observer):
         output = _observer_qparams(observer)
     return NodeRow(
         name=node.name,
-        kind=node.op.replace("call_", ""),
+        kind=node.op.replace("call_", "").replace("get_attr", "constant"),
         target=target_text(node),
         concept=record.concept,
         fused_group=record.fused_group,
@@ -119,6 +136,8 @@ def _row(node: Node, record: NodeInfo, modules: dict, value_of, error) -> NodeRo
         sqnr_db=error.sqnr_db if error else None,
         own_sqnr_db=error.own_sqnr_db if error else None,
         origin=record.origin,
+        inputs=tuple(arg.name for arg in node.all_input_nodes),
+        category=category,
     )
 
 
@@ -141,7 +160,7 @@ def status_of(record: NodeInfo) -> str:
         return "observed (" + ", ".join(sorted(record.observers)) + ")"
     if record.qconfig is not None:
         return "qconfig assigned"
-    return "traced" if record.concept is None else ""
+    return ""
 
 
 def describe_qconfig(qconfig) -> str | None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import textwrap
 
-from tabulate import tabulate
-
 from fxq.dump.rows import NodeRow
 
-HEADERS = ("node", "op", "fused group", "rule", "dtype in->out", "observed range", "scale / zp", "status", "dB")
+HEADERS = ("node", "op", "fused group", "rule", "dtype in->out", "observed range", "scale / zp", "status", "own dB")
 
 
 def render_rows(rows: list[NodeRow], width: int = 120) -> str:
@@ -29,17 +27,22 @@ def render_rows(rows: list[NodeRow], width: int = 120) -> str:
 
 
 def fit_table(headers: list[str], cells: list[list[str]], width: int) -> str:
-    """A plain table whose columns are shortened (widest first) until the whole table fits ``width``."""
+    """A plain table without its empty columns, whose columns are shortened (widest first, headers too) until
+    the whole table fits ``width``."""
+    keep = [i for i in range(len(headers)) if i == 0 or any(line[i] for line in cells)]
+    headers, cells = [headers[i] for i in keep], [[line[i] for i in keep] for line in cells]
     limits = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
     gaps = 2 * (len(headers) - 1)
     while sum(limits) + gaps > width:
         widest = max(range(len(limits)), key=lambda i: limits[i])
-        if limits[widest] <= max(len(headers[widest]), 6):
+        if limits[widest] <= 4:
             break  # nothing left to shorten sensibly: let it overflow rather than garble every cell
         limits[widest] -= 1
-    shortened = [[_shorten(cell, limits[i]) for i, cell in enumerate(line)] for line in cells]
-    return tabulate(shortened, headers=[_shorten(h, limits[i]) for i, h in enumerate(headers)],
-                    tablefmt="simple", disable_numparse=True)
+    lines = [[_shorten(cell, limits[i]) for i, cell in enumerate(line)] for line in [headers, *cells]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    lines.insert(1, ["-" * w for w in widths])
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
 
 
 def _shorten(text: str, limit: int) -> str:

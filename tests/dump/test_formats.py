@@ -1,0 +1,113 @@
+"""The dump's output formats: JSON against its documented schema, DOT that parses, a self-contained HTML page."""
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import jsonschema
+import pydot
+import pytest
+
+from fxq.dump.json_format import SCHEMA, VERSION
+from tests.dump.helpers import FACTORIES, dump_text
+
+STAGES = ("traced", "fused", "prepared", "calibrated", "converted")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("name", ["resnet", "transformer", "mixed"])
+def test_json_validates_against_the_schema(name, stage):
+    document = json.loads(dump_text(name, "--stage", stage, "--calibration", "2", fmt="json"))
+    jsonschema.validate(document, SCHEMA)
+    assert document["fxq_dump_version"] == VERSION and document["stage"] == stage
+    names = {node["name"] for node in document["nodes"]}
+    assert all(source in names for node in document["nodes"] for source in node["inputs"])
+
+
+def test_json_with_passes_and_comparison_validates():
+    document = json.loads(dump_text("mlp", "--after-all", fmt="json"))
+    jsonschema.validate(document, SCHEMA)
+    assert [p["name"] for p in document["passes"]] == ["normalize", "fuse", "assign-qconfig", "insert-observers",
+                                                        "lower", "cleanup"]
+    assert document["comparison"] and all("own_sqnr_db" in layer for layer in document["comparison"])
+
+
+def test_schema_rejects_a_broken_document():
+    document = json.loads(dump_text("mlp", fmt="json"))
+    document["nodes"][0]["category"] = "sideways"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, SCHEMA)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_dot_parses_and_styles_node_kinds_apart(name):
+    text = dump_text(name, fmt="dot")
+    graphs = pydot.graph_from_dot_data(text)
+    assert graphs and len(graphs) == 1
+    graph = graphs[0]
+    nodes = {node.get_name().strip('"'): node for node in graph.get_nodes() if node.get_name() not in ("node",)}
+    assert len(graph.get_edges()) > 0
+    styles = {(node.get("shape"), node.get("fillcolor")) for node in nodes.values()}
+    assert len(styles) >= 3  # io, boundary and quantized at least
+    if name == "untraceable":
+        assert nodes["gate"].get("fillcolor") == '"#ffd6a5"'  # float
+
+
+class _Checker(HTMLParser):
+    """Well-formedness: every opened element is closed in order (void elements excepted)."""
+
+    VOID = {"meta", "br", "input", "img", "hr", "link", "rect", "path"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.tags = [], [], set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.add(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer", "untraceable"])
+def test_html_is_well_formed_and_self_contained(name):
+    page = dump_text(name, "--calibration", "2", fmt="html")
+    checker = _Checker()
+    checker.feed(page)
+    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
+    assert {"svg", "table", "script", "style"} <= checker.tags
+    assert not re.search(r"https?:", page), "no external references"
+    assert "<script src" not in page and "@import" not in page and "url(" not in page
+    assert page.count('<tr id="row-') > 5
+
+
+def _browser():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (see README: Inspecting models)")
+def test_html_renders_in_a_headless_browser_without_console_errors(tmp_path):
+    page = tmp_path / "dump.html"
+    page.write_text(dump_text("resnet", "--calibration", "2", fmt="html"), encoding="utf-8")
+    result = subprocess.run([_browser(), "--headless=new", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
+                             "--v=0", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'id="graph"' in result.stdout
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console

@@ -1,0 +1,276 @@
+"""``fxq dump``: what every node of a model became at a stage of the pipeline, and why.
+
+TARGET is a model factory ``package.module:callable`` (called with no arguments; it returns an ``nn.Module``) or
+a file holding a model saved with ``fxq.save`` after ``fxq.prepare`` / ``fxq.convert``. Example inputs come
+from ``--input-shape`` (random normal; several inputs separated by ";") or ``--example-inputs file.pt`` (a
+tensor or a tuple of tensors); calibration batches from ``--calibration N`` (random, the example's shapes) or
+``--calibration file.pt`` (a list of batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+import fxq
+from fxq.annotation import copy_graph_module
+from fxq.dump import compare, inspect
+from fxq.dump.diff import diff_graphs
+from fxq.dump.json_format import SCHEMA, VERSION, to_json
+from fxq.dump.text import render_rows
+from fxq.errors import ConfigError
+from fxq.graph_pass import PassContext, add_properties
+from fxq.shapes import record_values
+
+STAGES = ("traced", "fused", "prepared", "calibrated", "converted")
+FORMATS = ("text", "json", "dot", "html")
+DEFAULT_CALIBRATION = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", help="package.module:factory, or a model file written by fxq.save")
+    parser.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (inputs separated by ';')")
+    parser.add_argument("--example-inputs", help="a .pt file with the example input tensor or tuple of tensors")
+    parser.add_argument("--stage", choices=STAGES, default="converted")
+    parser.add_argument("--calibration", help="number of random calibration batches, or a .pt file with a list of "
+                                              "batches; also the data the per-node error is measured on")
+    parser.add_argument("--backend", default="x86", help="reference, x86 or qnnpack")
+    parser.add_argument("--after", metavar="PASS", help="show the graph right after this pass")
+    parser.add_argument("--after-all", action="store_true", help="show every pass's graph, what it changed and "
+                                                                 "its time")
+    parser.add_argument("--compare", action="store_true", help="per-layer error against the float model, worst "
+                                                               "first")
+    parser.add_argument("--format", choices=FORMATS, default="text")
+    parser.add_argument("--output", help="write here instead of standard output")
+    parser.add_argument("--boundaries", action="store_true", help="also list observers and quantize/dequantize")
+    parser.add_argument("--width", type=int, default=120, help="text width")
+    parser.add_argument("--schema", action="store_true", help="print the JSON format's schema and exit")
+
+
+@dataclass
+class Dump:
+    """Everything one dump shows: the graph at the chosen point, its rows, the passes, the comparison."""
+
+    model_name: str
+    stage: str
+    backend: str
+    graph: GraphModule
+    rows: list
+    after_pass: str | None = None
+    passes: list[dict] = field(default_factory=list)
+    comparison: object = None
+
+    def document(self) -> dict:
+        return {"fxq_dump_version": VERSION, "model": self.model_name, "stage": self.stage,
+                "after_pass": self.after_pass, "backend": self.backend, "nodes": self.rows, "passes": self.passes,
+                "comparison": self.comparison.layers if self.comparison is not None else None}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.schema:
+        import json
+
+        print(json.dumps(SCHEMA, indent=1))
+        return 0
+    if not args.target:
+        raise ConfigError("fxq dump needs a TARGET: package.module:factory, or a saved fxq model file")
+    result = build_dump(args)
+    text = render(result, args.format, args.width)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"wrote {args.output} ({len(text):,} characters)", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def render(result: Dump, fmt: str, width: int = 120) -> str:
+    if fmt == "json":
+        return to_json(result.document())
+    if fmt == "dot":
+        from fxq.dump.dot import to_dot
+
+        return to_dot(result.rows, title=f"{result.model_name} ({result.stage})")
+    if fmt == "html":
+        from fxq.dump.html import to_html
+
+        return to_html(result.document())
+    return _text(result, width)
+
+
+def _text(result: Dump, width: int) -> str:
+    where = f"after pass {result.after_pass!r}" if result.after_pass else f"stage {result.stage}"
+    parts = [f"{result.model_name}: {where}, backend {result.backend}"]
+    for record in result.passes:
+        parts.append(f"\n== after {record['name']} ({record['seconds'] * 1000:.1f} ms, nodes "
+                     f"{record['nodes_before']} -> {record['nodes_after']})")
+        changes = [f"+ {n}" for n in record["added"]] + [f"- {n}" for n in record["removed"]]
+        changes += [f"~ {r['node']}: {', '.join(r['before'])} -> {', '.join(r['after'])}" for r in record["rewired"]]
+        parts.append("\n".join(changes) if changes else "(graph unchanged)")
+        if "nodes" in record:
+            parts.append(render_rows(_op_rows(record["nodes"]), width))
+    if not result.passes or result.after_pass:
+        parts.append(render_rows(_op_rows(result.rows), width))
+    if result.comparison is not None:
+        parts.append("\nper-layer error against the float model, worst first:")
+        parts.append(str(result.comparison))
+    return "\n".join(parts)
+
+
+def _op_rows(rows: list) -> list:
+    return [row for row in rows if row.category not in ("io", "boundary")]
+
+
+def build_dump(args: argparse.Namespace) -> Dump:
+    """Load the target and run the pipeline as far as the options ask."""
+    target = load_target(args.target)
+    example = example_inputs(args.input_shape, args.example_inputs)
+    if isinstance(target, GraphModule) and "fxq_properties" in target.meta:
+        return _saved_model_dump(target, args, example)
+    model = target
+    if example is None:
+        raise ConfigError(f"fxq dump {args.target}: give --input-shape (e.g. 1,3,224,224) or --example-inputs "
+                          "file.pt so the model can be traced and run")
+    stage = "converted" if args.compare or args.after_all else args.stage
+    calibration = calibration_batches(args.calibration, example)
+    name = type(model).__name__
+    traced = fxq.trace(copy.deepcopy(model).eval()).graph_module
+    if args.after or args.after_all:
+        return _per_pass_dump(model, name, traced, example, calibration, args)
+    if stage == "traced":
+        return Dump(name, stage, args.backend, traced, _rows(traced, example))
+    if stage == "fused":
+        fused = _fuse(traced, example, args.backend)
+        return Dump(name, stage, args.backend, fused, _rows(fused, example))
+    mapping = fxq.get_default_qconfig_mapping(_mapping_backend(args.backend))
+    prepared = fxq.prepare(model, mapping, example, backend=args.backend)
+    if stage == "prepared":
+        return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
+    _calibrate(prepared, calibration)
+    if stage == "calibrated":
+        return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
+    converted = fxq.convert(prepared)
+    comparison = compare(model, converted, calibration) if (args.compare or args.calibration) else None
+    return Dump(name, stage, args.backend, converted, _rows(converted, example, comparison=comparison),
+                comparison=comparison)
+
+
+def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tuple, calibration: list,
+                   args: argparse.Namespace) -> Dump:
+    mapping = fxq.get_default_qconfig_mapping(_mapping_backend(args.backend))
+    prepared = fxq.prepare(model, mapping, example, backend=args.backend, keep_snapshots=True)
+    _calibrate(prepared, calibration)
+    converted = fxq.convert(prepared, keep_snapshots=True)
+    records = fxq.pass_records(converted)
+    known = [record.name for record in records]
+    if args.after and args.after not in known:
+        raise ConfigError(f"--after {args.after!r}: the pipeline's passes are {', '.join(known)}")
+    passes, before = [], traced
+    for record in records:
+        change = diff_graphs(before, record.snapshot)
+        entry = {"name": record.name, "seconds": record.seconds, "nodes_before": record.nodes_before,
+                 "nodes_after": record.nodes_after, "added": change.added, "removed": change.removed,
+                 "rewired": [{"node": n, "before": list(a), "after": list(b)} for n, a, b in change.rewired]}
+        if args.after_all:
+            entry["nodes"] = inspect(record.snapshot, all_nodes=True)
+        passes.append(entry)
+        if record.name == args.after:
+            stage = "calibrated" if record.name in fxq.api.PREPARE_PASSES else "converted"
+            return Dump(name, stage, args.backend, record.snapshot, _rows(record.snapshot, None),
+                        after_pass=record.name, passes=[entry])
+        before = record.snapshot
+    comparison = compare(model, converted, calibration)
+    return Dump(name, "converted", args.backend, converted, _rows(converted, example, comparison=comparison),
+                passes=passes, comparison=comparison)
+
+
+def _saved_model_dump(gm: GraphModule, args: argparse.Namespace, example: tuple | None) -> Dump:
+    if args.compare:
+        raise ConfigError("--compare needs the float model: give its factory (package.module:callable) as TARGET")
+    lowered = "lowered" in gm.meta.get("fxq_properties", ())
+    stage = "converted" if lowered else "calibrated"
+    backend = gm.meta.get("fxq_backend", "?")
+    return Dump(os.path.basename(args.target), stage, backend, gm,
+                _rows(gm, example, copy_first=not lowered) if example is not None else inspect(gm, all_nodes=True))
+
+
+def _rows(gm: GraphModule, example: tuple | None, *, copy_first: bool = False, comparison=None) -> list:
+    values = None
+    if example is not None:  # a prepared graph's observers would record the example: run a copy
+        values = record_values(copy_graph_module(gm) if copy_first else gm, example)
+    return inspect(gm, all_nodes=True, values=values, comparison=comparison)
+
+
+def _fuse(traced: GraphModule, example: tuple, backend: str) -> GraphModule:
+    gm = copy_graph_module(traced)
+    add_properties(gm, frozenset({"traced"}))
+    ctx = PassContext(backend=backend, example_inputs=example)
+    return fxq.PassManager(["normalize", "fuse"]).run(gm, ctx).graph_module
+
+
+def _calibrate(prepared: GraphModule, batches: list) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            prepared(*batch)
+
+
+def _mapping_backend(backend: str) -> str:
+    return "x86" if backend == "reference" else backend
+
+
+def load_target(target: str):
+    """A model from ``package.module:callable`` or a file written by ``fxq.save``."""
+    if os.path.exists(target):
+        return fxq.load(target)
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ConfigError(f"TARGET {target!r} is neither a file nor package.module:callable")
+    if os.getcwd() not in sys.path:  # like ``python -m``: modules in the current directory are found
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot load {target!r}: {err}") from err
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{target!r} returned a {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def example_inputs(shape_text: str | None, path: str | None) -> tuple | None:
+    """Random inputs of the given shapes, or the tensors saved in ``path``."""
+    if path:
+        loaded = torch.load(path, weights_only=False)
+        return loaded if isinstance(loaded, tuple) else (loaded,)
+    if not shape_text:
+        return None
+    try:
+        shapes = [tuple(int(size) for size in part.split(",")) for part in shape_text.split(";")]
+    except ValueError:
+        raise ConfigError(f"--input-shape {shape_text!r}: write sizes separated by commas, e.g. 1,3,224,224 "
+                          "(inputs separated by ';')") from None
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
+
+
+def calibration_batches(spec: str | None, example: tuple) -> list[tuple]:
+    """``spec`` random batches shaped like ``example``, or the list of batches saved in the file ``spec``."""
+    if spec and os.path.exists(spec):
+        loaded = torch.load(spec, weights_only=False)
+        return [batch if isinstance(batch, tuple) else (batch,) for batch in loaded]
+    try:
+        count = int(spec) if spec else DEFAULT_CALIBRATION
+    except ValueError:
+        raise ConfigError(f"--calibration {spec!r} is neither a number of batches nor a file") from None
+    generator = torch.Generator().manual_seed(1)
+    return [tuple(torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in example)
+            for _ in range(count)]
