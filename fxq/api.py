@@ -72,8 +72,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     return prepared.eval()
 
 
-def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModule:
-    """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was.
+def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False) -> GraphModule:
+    """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was unless
+    ``inplace`` (which saves copying it: for callers that no longer need it).
 
     Raises:
         ConfigError: ``prepared`` did not come from ``fxq.prepare``.
@@ -84,7 +85,7 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False) -> GraphModu
                           f"{type(prepared).__name__}")
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
     with paused_gc():
-        gm = copy_graph_module(prepared, share=observers)
+        gm = prepared if inplace else copy_graph_module(prepared, share=observers)
         ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
         result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
+    bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
     dump = commands.add_parser("dump", help="what every node became at a pipeline stage, and why")
     from fxq.tools.dump import add_arguments
 
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
-        from fxq.tools.bench import run_bench, run_compile_bench
+        from fxq.tools.bench import run_bench, run_compile_bench, run_dump_bench
 
+        if args.dump:
+            return run_dump_bench()
         if args.compile:
             return run_compile_bench()
         return run_bench(args.models.split(","), threads=args.threads, rounds=args.rounds)

@@ -8,6 +8,7 @@ importable (it is deprecated and may be gone); its columns then read "n/a".
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import sys
 import time
@@ -178,23 +179,6 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
     return 0
 
 
-def _chain_model(blocks: int, width: int = 16) -> nn.Module:
-    """A generated graph: ``blocks`` x (linear -> relu -> linear -> residual add); about 4 nodes per block."""
-
-    class Chain(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
-            self.b = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
-
-        def forward(self, x):
-            for first, second in zip(self.a, self.b, strict=True):
-                x = x + second(torch.relu(first(x)))
-            return x
-
-    return Chain().eval()
-
-
 def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
     """prepare + convert wall time for generated graphs of ~1,000 / 2,000 / 4,000 nodes, fxq and torch.ao."""
     torch.set_num_threads(1)
@@ -202,7 +186,7 @@ def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))  # torch.ao's prepare recurses along the graph
     rows = []
     for blocks in sizes:
-        model = _chain_model(blocks)
+        model = zoo.chain_model(blocks)
         nodes = len(torch.fx.symbolic_trace(model).graph.nodes)
         case = Case(f"{nodes} nodes", lambda m=model: m, [(torch.randn(4, 16),)], [(torch.randn(4, 16),)])
         _, ours = _quantize_fxq(model, case)
@@ -216,4 +200,30 @@ def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
     rows[0].append("")
     print(tabulate(rows, headers=["graph nodes", "fxq prepare+convert s", "torch.ao s", "fxq speedup",
                                   "fxq time vs previous size"], disable_numparse=True))
+    return 0
+
+
+def run_dump_bench() -> int:
+    """Wall time of the ``fxq dump`` command on a ~2,000-node graph, per format, as a user would run it (a fresh
+    process each time, so Python and torch start-up are included; printed separately for reference)."""
+    import subprocess
+    import tempfile
+
+    nodes = len(torch.fx.symbolic_trace(zoo.chain_2000()).graph.nodes)
+    command = [sys.executable, "-m", "fxq", "dump", "fxq.tools.bench_models:chain_2000", "--input-shape", "4,16"]
+    variants = {"text": ["--format", "text"], "json": ["--format", "json"], "dot": ["--format", "dot"],
+                "html": ["--format", "html"], "text --compare": ["--compare"]}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import fxq.tools.dump"], check=True)
+        rows.append(["(python + import fxq, no dump)", f"{time.perf_counter() - start:.2f}", ""])
+        for label, options in variants.items():
+            output = f"{folder}/dump.out"
+            start = time.perf_counter()
+            subprocess.run(command + options + ["--output", output], check=True, capture_output=True)
+            seconds = time.perf_counter() - start
+            rows.append([f"fxq dump {label}", f"{seconds:.2f}", f"{os.path.getsize(output):,}"])
+    print(f"fxq dump on a {nodes}-node graph (prepare, calibrate 2 batches, convert, rows, render), wall time:")
+    print(tabulate(rows, headers=["command", "seconds", "output bytes"], disable_numparse=True))
     return 0

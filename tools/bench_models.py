@@ -145,3 +145,25 @@ def bert_batches(count: int, seed: int, tokens: int = 128, dim: int = 768) -> li
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(1, 1, 1, tokens)
     return [(torch.randn(1, tokens, dim, generator=g), mask) for _ in range(count)]
+
+
+def chain_model(blocks: int, width: int = 16) -> nn.Module:
+    """A generated graph: ``blocks`` x (linear -> relu -> linear -> residual add); about 4 nodes per block."""
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+            self.b = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+
+        def forward(self, x):
+            for first, second in zip(self.a, self.b, strict=True):
+                x = x + second(torch.relu(first(x)))
+            return x
+
+    return Chain().eval()
+
+
+def chain_2000() -> nn.Module:
+    """A generated graph of about 2,000 nodes (``fxq dump fxq.tools.bench_models:chain_2000 --input-shape 4,16``)."""
+    return chain_model(500)

@@ -32,7 +32,7 @@ from fxq.shapes import record_values
 
 STAGES = ("traced", "fused", "prepared", "calibrated", "converted")
 FORMATS = ("text", "json", "dot", "html")
-DEFAULT_CALIBRATION = 4
+DEFAULT_CALIBRATION = 2  # random batches when --calibration is not given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,12 +143,12 @@ def build_dump(args: argparse.Namespace) -> Dump:
     stage = "converted" if args.compare or args.after_all else args.stage
     calibration = calibration_batches(args.calibration, example)
     name = type(model).__name__
-    traced = fxq.trace(copy.deepcopy(model).eval()).graph_module
-    if args.after or args.after_all:
-        return _per_pass_dump(model, name, traced, example, calibration, args)
-    if stage == "traced":
-        return Dump(name, stage, args.backend, traced, _rows(traced, example))
-    if stage == "fused":
+    if args.after or args.after_all or stage in ("traced", "fused"):
+        traced = fxq.trace(copy.deepcopy(model).eval()).graph_module
+        if args.after or args.after_all:
+            return _per_pass_dump(model, name, traced, example, calibration, args)
+        if stage == "traced":
+            return Dump(name, stage, args.backend, traced, _rows(traced, example))
         fused = _fuse(traced, example, args.backend)
         return Dump(name, stage, args.backend, fused, _rows(fused, example))
     mapping = fxq.get_default_qconfig_mapping(_mapping_backend(args.backend))
@@ -158,7 +158,7 @@ def build_dump(args: argparse.Namespace) -> Dump:
     _calibrate(prepared, calibration)
     if stage == "calibrated":
         return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
-    converted = fxq.convert(prepared)
+    converted = fxq.convert(prepared, inplace=True)
     comparison = compare(model, converted, calibration) if (args.compare or args.calibration) else None
     return Dump(name, stage, args.backend, converted, _rows(converted, example, comparison=comparison),
                 comparison=comparison)
