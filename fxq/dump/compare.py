@@ -5,6 +5,10 @@ Layers are matched through the node annotations, not names: every node records t
 computes (``NodeInfo.origin``; a fused conv+bn+relu computes the relu's value, a kernel the op's it replaced),
 and the float model is traced the way ``prepare`` traced it, so its node names are those origins.
 
+Per-tensor numbers can hide a crushed channel: when one channel is much larger than the rest it dominates both
+the signal and the scale, so the tensor's SQNR looks fine while the other channels keep a few steps each. The
+worst channel's SQNR is reported too (channels: dim 1 of 4-d/5-d values, the last dim otherwise).
+
 Error accumulates: a layer after a bad one looks bad too. Besides each value's SQNR against the float value,
 the comparison estimates the error a layer adds itself: its output's noise-to-signal ratio minus the worst of
 its inputs' (SQNR is roughly kept through a layer, so the difference is what the layer contributed). Layers
@@ -40,6 +44,7 @@ class LayerError:
     own_sqnr_db: float
     max_abs_error: float
     cosine: float
+    worst_channel_sqnr_db: float = math.inf
 
 
 @dataclass
@@ -56,8 +61,10 @@ class Comparison:
         from fxq.dump.text import fit_table
 
         cells = [[layer.node, layer.concept or "", layer.status, _db(layer.own_sqnr_db), _db(layer.sqnr_db),
-                  f"{layer.max_abs_error:.3g}", f"{layer.cosine:.5f}"] for layer in self.layers]
-        return fit_table(["node", "op", "became", "own SQNR dB", "SQNR dB", "max abs err", "cosine"], cells, 120)
+                  _db(layer.worst_channel_sqnr_db), f"{layer.max_abs_error:.3g}", f"{layer.cosine:.5f}"]
+                 for layer in self.layers]
+        return fit_table(["node", "op", "became", "own SQNR dB", "SQNR dB", "worst channel dB", "max abs err",
+                          "cosine"], cells, 120)
 
 
 def compare(float_model: nn.Module, quantized: GraphModule, data: Iterable) -> Comparison:
@@ -122,11 +129,13 @@ def _values(gm: GraphModule, batch: tuple, keep: dict[str, str] | None) -> dict[
 
 
 class _Stats:
-    """Running sums over batches: signal, noise, max abs error, and the dot products for the cosine."""
+    """Running sums over batches: signal, noise (also per channel), max abs error, dot products for the cosine."""
 
     def __init__(self) -> None:
         self.signal = self.noise = self.dot = self.power = 0.0
         self.max_abs = 0.0
+        self.channel_signal: torch.Tensor | None = None
+        self.channel_noise: torch.Tensor | None = None
 
     def add(self, expected: torch.Tensor, got: torch.Tensor) -> None:
         if expected.shape != got.shape or not expected.is_floating_point():
@@ -138,10 +147,28 @@ class _Stats:
         self.dot += float((expected * got).sum())
         self.power += float(got.square().sum())
         self.max_abs = max(self.max_abs, float(error.abs().max()) if error.numel() else 0.0)
+        if expected.dim() >= 2:
+            dim = 1 if expected.dim() >= 4 else expected.dim() - 1
+            others = [d for d in range(expected.dim()) if d != dim]
+            signal, noise = expected.square().sum(others), error.square().sum(others)
+            if self.channel_signal is None or self.channel_signal.shape != signal.shape:
+                self.channel_signal, self.channel_noise = signal, noise
+            else:
+                self.channel_signal, self.channel_noise = self.channel_signal + signal, self.channel_noise + noise
 
     @property
     def ratio(self) -> float:
         return self.noise / self.signal if self.signal > 0 else (0.0 if self.noise == 0 else math.inf)
+
+    @property
+    def worst_channel_ratio(self) -> float:
+        """The largest noise-to-signal ratio of a channel that carries signal."""
+        if self.channel_signal is None:
+            return self.ratio
+        live = self.channel_signal > 0
+        if not bool(live.any()):
+            return self.ratio
+        return float((self.channel_noise[live] / self.channel_signal[live]).max())
 
 
 def _rank(floating: GraphModule, quantized: GraphModule, readers: dict[str, str],
@@ -157,7 +184,7 @@ def _rank(floating: GraphModule, quantized: GraphModule, readers: dict[str, str]
         layers.append(LayerError(
             origin=origin, node=op.name, concept=record.concept, module_path=record.module_path,
             status=record.lowered_to or "", sqnr_db=_to_db(stat.ratio), own_sqnr_db=_to_db(own),
-            max_abs_error=stat.max_abs,
+            max_abs_error=stat.max_abs, worst_channel_sqnr_db=_to_db(stat.worst_channel_ratio),
             cosine=stat.dot / math.sqrt(stat.signal * stat.power) if stat.signal and stat.power else 1.0))
     layers.sort(key=lambda layer: (layer.own_sqnr_db, layer.sqnr_db))
     unmatched = [n.name for n in floating.graph.nodes

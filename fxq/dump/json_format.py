@@ -69,6 +69,7 @@ _LAYER = {
         "origin": {"type": "string"}, "node": {"type": "string"}, "concept": _TEXT_OR_NULL,
         "module_path": {"type": "string"}, "status": {"type": "string"},
         "sqnr_db": _DB, "own_sqnr_db": _DB, "max_abs_error": {"type": "number"}, "cosine": {"type": "number"},
+        "worst_channel_sqnr_db": _DB,
     },
 }
 
