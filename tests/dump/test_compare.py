@@ -83,3 +83,23 @@ def test_observer_summary_lists_every_observer():
     assert rows["x"].observed_min < 0 < rows["x"].observed_max
     with pytest.raises(fxq.ConfigError, match="prepared model"):
         fxq.observer_summary(fxq.convert(prepared))
+
+
+def test_a_crushed_channel_shows_in_the_worst_channel_sqnr():
+    """docs/inspect.md's session: one huge channel in mix's output crushes the others."""
+    from fxq.tools.examples import outlier_net
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 32, generator=g),) for _ in range(8)]
+    model = outlier_net()
+    layers = {layer.node: layer for layer in fxq.compare(model, fxq.quantize(model, batches[0], batches),
+                                                         batches).layers}
+    assert layers["mix"].sqnr_db > 20 and layers["mix"].worst_channel_sqnr_db < 10
+    assert layers["head"].sqnr_db < 15
+    with torch.no_grad():  # the documented fix: move the channel's scale from mix to head
+        model.mix.weight[7] /= 40
+        model.mix.bias[7] /= 40
+        model.head.weight[:, 7] *= 40
+    fixed = {layer.node: layer for layer in fxq.compare(model, fxq.quantize(model, batches[0], batches),
+                                                        batches).layers}
+    assert fixed["head"].sqnr_db > 25 and fixed["mix"].worst_channel_sqnr_db > 20
