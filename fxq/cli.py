@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except FxqError as err:  # a user mistake with its fix in the message: no traceback
         print(f"fxq {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``fxq dump ... | head``): not an error
+        sys.stderr.close()
+        return 0
 
 
 def _run(args: argparse.Namespace) -> int:

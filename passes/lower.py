@@ -50,7 +50,7 @@ class Lower(GraphPass):
                 support = backend.support(info(node).concept)
                 if support is not None and support.weighted:
                     _quantize_weight(rw, node, support)
-        _record_status(gm, backend.name)
+        _record_status(gm)
         if backend.lowering_rules:
             read_before = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
             with using_engine(backend.engine):
@@ -154,12 +154,15 @@ def _constant(gm: GraphModule, value) -> torch.Tensor | None:
     return None
 
 
-def _record_status(gm: GraphModule, backend: str) -> None:
+def _record_status(gm: GraphModule) -> None:
+    """Before the kernel rules: every observed op runs in reference form (float op between dequantize and
+    quantize); a rule that lowers it to a kernel overwrites this, so on a native backend what keeps it is a
+    reference island."""
     for node in gm.graph.nodes:
         record = info(node)
         if node.op not in _OPS or record.lowered_to is not None:
             continue
         if "output" in record.observers:
-            record.lowered_to = f"{backend}:{record.concept}"
+            record.lowered_to = f"reference:{record.concept}"
         else:
             record.lowered_to = "float"

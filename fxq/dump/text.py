@@ -1,5 +1,6 @@
 """The dump as text for a terminal: a table that fits the given width (120 columns by default), long cells
-shortened with "…", then the full reasons of the nodes left float (the part a reader most needs whole)."""
+shortened with "…", then the qconfigs by key (the table names them Q1, Q2... with the rule that chose them) and
+the full reasons of the nodes left float (the part a reader most needs whole)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,48 @@ import textwrap
 
 from fxq.dump.rows import NodeRow
 
-HEADERS = ("node", "op", "fused group", "rule", "dtype in->out", "observed range", "scale / zp", "status", "own dB")
+HEADERS = ("node", "call", "op", "fused", "qconfig: rule", "dtype", "observed", "scale / zp", "status", "own dB")
+# How short each column may get: what identifies a node (its name) and what it became (status) are kept longest.
+FLOORS = [10, 6, 8, 6, 9, 8, 11, 11, 22, 6]
+_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "quint8": "u8", "qint8": "i8",
+           "qint32": "i32", "int64": "i64", "int32": "i32", "uint8": "u8", "int8": "i8"}
+_KIND = {"module": "mod", "function": "fn", "method": "meth", "placeholder": "input", "constant": "const"}
 
 
 def render_rows(rows: list[NodeRow], width: int = 120) -> str:
-    """The rows as one table no wider than ``width``, followed by the float nodes' reasons."""
-    cells = [_cells(row) for row in rows]
+    """The rows as one table no wider than ``width``, then the qconfig key and the float nodes' reasons."""
+    keys = {text: f"Q{i}" for i, text in enumerate(dict.fromkeys(r.qconfig for r in rows if r.qconfig), 1)}
+    cells = [_cells(row, keys) for row in rows]
     has_error = any(row.sqnr_db is not None for row in rows)
     headers = list(HEADERS if has_error else HEADERS[:-1])
     cells = [line[: len(headers)] for line in cells]
-    table = fit_table(headers, cells, width)
+    lines = [fit_table(headers, cells, width, FLOORS[: len(headers)])]
+    if keys:
+        lines += ["", "qconfigs:"] + [f"  {key}: {text}" for text, key in keys.items()]
+    if any(row.output_dtype for row in rows):
+        lines += ["dtypes: f32 float32, u8 quint8, i8 qint8, i64 int64"]
     floats = [(row.name, row.status[len("float: "):]) for row in rows if row.status.startswith("float: ")]
-    if not floats:
-        return table
-    lines = [table, "", "left float, and why:"]
-    for name, reason in floats:
-        lines.extend(textwrap.wrap(f"{name}: {reason}", width, initial_indent="  ", subsequent_indent="    "))
+    if floats:
+        lines += ["", "left float, and why:"]
+        for name, reason in floats:
+            lines.extend(textwrap.wrap(f"{name}: {reason}", width, initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
 
 
-def fit_table(headers: list[str], cells: list[list[str]], width: int) -> str:
-    """A plain table without its empty columns, whose columns are shortened (widest first, headers too) until
-    the whole table fits ``width``."""
+def fit_table(headers: list[str], cells: list[list[str]], width: int, floors: list[int] | None = None) -> str:
+    """A plain table without its empty columns, shortened until it fits ``width``: the widest column above its
+    floor loses a character at a time (headers too), so narrow columns and those with high floors stay whole."""
+    floors = floors or [4] * len(headers)
     keep = [i for i in range(len(headers)) if i == 0 or any(line[i] for line in cells)]
-    headers, cells = [headers[i] for i in keep], [[line[i] for i in keep] for line in cells]
+    headers, floors = [headers[i] for i in keep], [floors[i] for i in keep]
+    cells = [[line[i] for i in keep] for line in cells]
     limits = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
     gaps = 2 * (len(headers) - 1)
     while sum(limits) + gaps > width:
-        widest = max(range(len(limits)), key=lambda i: limits[i])
-        if limits[widest] <= 4:
+        candidates = [i for i in range(len(limits)) if limits[i] > floors[i]]
+        if not candidates:
             break  # nothing left to shorten sensibly: let it overflow rather than garble every cell
+        widest = max(candidates, key=lambda i: limits[i] - floors[i])
         limits[widest] -= 1
     lines = [[_shorten(cell, limits[i]) for i, cell in enumerate(line)] for line in [headers, *cells]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
@@ -49,14 +62,17 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
-def _cells(row: NodeRow) -> list[str]:
-    dtypes = ",".join(dict.fromkeys(row.input_dtypes)) if row.input_dtypes else ""
+def _cells(row: NodeRow, keys: dict[str, str]) -> list[str]:
+    dtypes = ",".join(dict.fromkeys(_DTYPES.get(d, d) for d in row.input_dtypes))
     if row.output_dtype:
-        dtypes = f"{dtypes}->{row.output_dtype}" if dtypes else row.output_dtype
+        output = _DTYPES.get(row.output_dtype, row.output_dtype)
+        dtypes = f"{dtypes}->{output}" if dtypes else output
     status = "float" if row.status.startswith("float: ") else row.status
     error = "" if row.own_sqnr_db is None else f"{row.own_sqnr_db:.1f}"
-    return [row.name, row.concept or row.target, row.fused_group or "", row.rule or "", dtypes,
-            _range(row.observed_min, row.observed_max), _qparams(row.scale, row.zero_point), status, error]
+    qconfig = f"{keys[row.qconfig]}: {row.rule}" if row.qconfig else (f"none: {row.rule}" if row.rule else "")
+    return [row.name, f"{_KIND.get(row.kind, row.kind)} {row.target}", row.concept or "", row.fused_group or "",
+            qconfig, dtypes, _range(row.observed_min, row.observed_max), _qparams(row.scale, row.zero_point), status,
+            error]
 
 
 def summarise(value, digits: int = 3) -> str:
