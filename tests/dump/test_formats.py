@@ -111,3 +111,28 @@ def test_html_renders_in_a_headless_browser_without_console_errors(tmp_path):
     assert 'id="graph"' in result.stdout
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node.js not installed")
+def test_html_script_is_valid_javascript(tmp_path):
+    page = dump_text("mlp", fmt="html")
+    scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
+    assert len(scripts) == 1
+    source = tmp_path / "page.js"
+    source.write_text(scripts[0], encoding="utf-8")
+    result = subprocess.run(["node", "--check", str(source)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # and it runs: a minimal stand-in for the page's elements, then every control is used once
+    stub = """
+    var made = {};
+    function element(id) { return made[id] = made[id] || {id: id, attrs: {width: '300', 'data-h': '200'},
+      clientWidth: 150, value: 'fc', style: {}, textContent: 'fc1 linear',
+      getAttribute: function (k) { return this.attrs[k]; }, setAttribute: function (k, v) { this.attrs[k] = v; }}; }
+    var document = {getElementById: element, querySelectorAll: function () { return [element('r1'), element('r2')]; }};
+    """
+    check = "\n;['zin', 'zout', 'zfit'].forEach(function (id) { made[id].onclick(); }); made.filter.oninput();" \
+            "\nif (made.graph.attrs.width === '300') { throw new Error('zoom did nothing'); }"
+    runner = tmp_path / "run.js"
+    runner.write_text(stub + scripts[0] + check, encoding="utf-8")
+    result = subprocess.run(["node", str(runner)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
