@@ -125,11 +125,14 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     return converted
 
 
-def report_of(quantized: GraphModule):
-    """The QuantizationReport ``quantize`` attached to its result (None for models from ``convert``)."""
+def report_of(quantized: nn.Module):
+    """What ``quantize`` or ``quantize_dynamic`` did to produce ``quantized`` (None for models from ``convert``)."""
+    from fxq.dynamic import REPORT_ATTRIBUTE
     from fxq.report import REPORT_KEY
 
-    return quantized.meta.get(REPORT_KEY)
+    if isinstance(quantized, GraphModule) and REPORT_KEY in quantized.meta:
+        return quantized.meta[REPORT_KEY]
+    return getattr(quantized, REPORT_ATTRIBUTE, None)
 
 
 def _mapping_name(backend: str) -> str:

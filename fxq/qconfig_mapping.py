@@ -161,7 +161,7 @@ class QConfigMapping:
         missing = sorted(named - names)
         if missing:
             raise ConfigError("QConfigMapping names modules the model does not have: "
-                              + "; ".join(_with_suggestion(path, names) for path in missing))
+                              + "; ".join(with_suggestion(path, names) for path in missing))
         for regex in self.module_name_regex_qconfigs:
             if not any(re.match(regex, name) for name in names):
                 warnings.warn(f"QConfigMapping regex {regex!r} matches no module of the model, so it does "
@@ -277,7 +277,8 @@ def _closest_named(table: dict[str, Any], path: str) -> str | None:
     return None
 
 
-def _with_suggestion(path: str, names: set[str]) -> str:
+def with_suggestion(path: str, names: set[str]) -> str:
+    """``path`` quoted, with the closest names a user may have meant."""
     close = difflib.get_close_matches(path, sorted(name for name in names if name), n=3)
     return f"{path!r} (did you mean {' or '.join(map(repr, close))}?)" if close else repr(path)
 

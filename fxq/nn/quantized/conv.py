@@ -22,7 +22,7 @@ class QuantizedConv(PackedWeightModule):
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int, relu: bool,
                  stride, padding, dilation, groups: int, *, transposed: bool = False, output_padding=0) -> None:
-        super().__init__(qweight, bias, scale, zero_point, relu)
+        super().__init__(qweight, bias, relu, (scale, zero_point))
         self.dims = qweight.dim() - 2
         self.stride, self.padding = _tuple(stride, self.dims), _tuple(padding, self.dims)
         self.dilation, self.groups = _tuple(dilation, self.dims), int(groups)

@@ -17,7 +17,7 @@ class QuantizedLinear(PackedWeightModule):
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int,
                  relu: bool) -> None:
-        super().__init__(qweight, bias, scale, zero_point, relu)
+        super().__init__(qweight, bias, relu, (scale, zero_point))
         self._repack()
 
     def _pack(self):

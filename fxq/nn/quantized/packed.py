@@ -1,6 +1,7 @@
-"""What every native weighted module shares: an int8 weight and float bias kept as state (so ``state_dict``,
-``deepcopy`` and pickling work), a kernel-specific prepacked copy rebuilt from them, and the output qparams.
-In ``state_dict`` the weight is stored compactly (see ``weight_state``)."""
+"""What every native weighted module shares: a weight (int8, or fp16 for dynamic fp16 linears) and a float bias
+kept as state (so ``state_dict``, ``deepcopy`` and pickling work), and a kernel-specific prepacked copy rebuilt
+from them. In ``state_dict`` the weight is stored compactly (see ``weight_state``). Static modules also carry
+their output qparams (``scale``, ``zero_point``); dynamic ones compute them per call."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ class PackedWeightModule(nn.Module):
     """
 
     _fxq_leaf = True
-    def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int,
-                 relu: bool) -> None:
+    def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
+                 output_qparams: tuple[float, int] | None = None) -> None:
         super().__init__()
         self.qweight = qweight
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.scale, self.zero_point, self.relu = float(scale), int(zero_point), bool(relu)
+        self.relu = bool(relu)
+        if output_qparams is not None:
+            self.scale, self.zero_point = float(output_qparams[0]), int(output_qparams[1])
         self.engine = torch.backends.quantized.engine  # the engine the weights are packed for
         self._packed = None  # subclasses call self._repack() once their kernel settings are set
 
@@ -51,13 +54,14 @@ class PackedWeightModule(nn.Module):
             self._buffers["bias"] = state_dict[prefix + "bias"].clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        keys = [prefix + key for key in weight_state.KEYS]
+        names = weight_state.keys_like(self.qweight)
+        keys = [prefix + key for key in names]
         unexpected_keys[:] = [key for key in unexpected_keys if key not in keys]
         absent = [key for key in keys if key not in state_dict]
         if absent:
             missing_keys.extend(absent)
             return
-        self.qweight = weight_state.from_state({key: state_dict[prefix + key] for key in weight_state.KEYS})
+        self.qweight = weight_state.from_state({key: state_dict[prefix + key] for key in names})
         self._repack()
 
     def __getstate__(self):
@@ -80,9 +84,13 @@ class PackedWeightModule(nn.Module):
 
     def _weight_repr(self) -> str:
         q = self.qweight
-        if q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            weight = f"per-channel axis={q.q_per_channel_axis()}"
+        if not q.is_quantized:
+            weight = ""
+        elif q.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            weight = f" per-channel axis={q.q_per_channel_axis()}"
         else:
-            weight = f"per-tensor scale={q.q_scale():.4g}"
+            weight = f" per-tensor scale={q.q_scale():.4g}"
         relu = ", relu" if self.relu else ""
-        return f"scale={self.scale:.4g}, zero_point={self.zero_point}, dtype=quint8, weight={q.dtype} {weight}{relu}"
+        output = (f"scale={self.scale:.4g}, zero_point={self.zero_point}, dtype=quint8, " if hasattr(self, "scale")
+                  else "activations=dynamic, ")
+        return f"{output}weight={str(q.dtype).replace('torch.', '')}{weight}{relu}"

@@ -1,0 +1,49 @@
+"""Dynamically quantized Linear: float in, float out. The weight is int8 (prepacked) or fp16; with an int8
+weight the kernel quantizes each input batch to 8 bits from its own min/max on the fly, so no calibration is
+needed. The choice users make first for NLP models: linear layers dominate their time and their weights."""
+
+from __future__ import annotations
+
+import torch
+
+from fxq.nn.quantized.packed import PackedWeightModule
+
+
+class DynamicLinear(PackedWeightModule):
+    """y = linear(x, W) (+ ReLU) with a qint8 weight (``torch.ops.quantized.linear_dynamic``) or a float16 one
+    (``linear_dynamic_fp16``). ``reduce_range`` quantizes activations to 7 bits (fbgemm without VNNI can overflow
+    in 16-bit accumulation at full range; ``fxq.quantize_dynamic`` narrows the weights to 7 bits instead)."""
+
+    fxq_concept = "linear"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
+                 reduce_range: bool = False) -> None:
+        if not (weight.dtype == torch.qint8 or weight.dtype == torch.float16):
+            raise TypeError(f"DynamicLinear takes a qint8 or float16 weight, got {weight.dtype}")
+        super().__init__(weight, bias, relu)
+        self.reduce_range = bool(reduce_range)
+        self._repack()
+
+    @property
+    def fp16(self) -> bool:
+        return self.qweight.dtype == torch.float16
+
+    def _pack(self):
+        if self.fp16:
+            return torch.ops.quantized.linear_prepack_fp16(self.qweight.float(), self.bias)
+        return torch.ops.quantized.linear_prepack(self.qweight, self.bias)
+
+    def _kernel(self):
+        ops = torch.ops.quantized
+        if self.fp16:
+            return ops.linear_relu_dynamic_fp16 if self.relu else ops.linear_dynamic_fp16
+        kernel = ops.linear_relu_dynamic if self.relu else ops.linear_dynamic
+        reduce_range = self.reduce_range
+        return lambda x, packed: kernel(x, packed, reduce_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self._packed)
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.qweight.shape
+        return f"in_features={in_features}, out_features={out_features}, {self._weight_repr()}"

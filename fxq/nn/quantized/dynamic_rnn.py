@@ -1,0 +1,132 @@
+"""Dynamically quantized LSTM and GRU: every layer's and direction's input and hidden weights are qint8 and
+prepacked; the recurrent kernel (``torch.quantized_lstm`` / ``quantized_gru``) quantizes activations per step
+on the fly, at full 8 bits (``quantize_weight`` decides the weights' range: fxq narrows them instead, see
+``fxq.dynamic``). Multi-layer, bidirectional and batch_first models keep their behaviour; dropout between layers
+is an eval-time no-op, as in the float module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fxq.nn.quantized.engine import using_engine
+from fxq.nn.quantized.weight_state import from_state, to_state
+
+
+class DynamicRNN(nn.Module):
+    """Base of the dynamic LSTM/GRU: holds the quantized weights by name, rebuilds the kernel's cell parameters
+    from them after loading, copying or unpickling. Subclasses set ``mode`` and implement ``forward``."""
+
+    _fxq_leaf = True
+    mode = ""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, quantize_weight) -> None:
+        super().__init__()
+        if getattr(rnn, "proj_size", 0):
+            raise TypeError("LSTMs with proj_size have no dynamic int8 kernel")
+        self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
+        self.num_layers, self.bidirectional = rnn.num_layers, rnn.bidirectional
+        self.batch_first, self.has_biases = rnn.batch_first, rnn.bias
+        self.engine = torch.backends.quantized.engine
+        self.weights: dict[str, torch.Tensor] = {}
+        for name in self._weight_names():
+            self.weights[name] = quantize_weight(getattr(rnn, name).detach())
+        for name in self._bias_names():
+            value = getattr(rnn, name) if rnn.bias else torch.zeros(getattr(rnn, name.replace("bias", "weight"))
+                                                                    .shape[0])
+            self.register_buffer(name, value.detach().float().clone())
+        self._repack()
+
+    def _suffixes(self) -> list[str]:
+        return [f"_l{layer}{rev}" for layer in range(self.num_layers)
+                for rev in ("", "_reverse")[: 2 if self.bidirectional else 1]]
+
+    def _weight_names(self) -> list[str]:
+        return [f"weight_{kind}{s}" for s in self._suffixes() for kind in ("ih", "hh")]
+
+    def _bias_names(self) -> list[str]:
+        return [f"bias_{kind}{s}" for s in self._suffixes() for kind in ("ih", "hh")]
+
+    def _repack(self) -> None:
+        params = []
+        with using_engine(self.engine):
+            for s in self._suffixes():
+                b_ih, b_hh = getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")
+                w_ih = torch.ops.quantized.linear_prepack(self.weights[f"weight_ih{s}"], b_ih)
+                w_hh = torch.ops.quantized.linear_prepack(self.weights[f"weight_hh{s}"], b_hh)
+                params.append(torch.ops.quantized.make_quantized_cell_params_dynamic(w_ih, w_hh, b_ih, b_hh, False))
+        self._params = params
+
+    def _initial_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else None
+        shape = (self.num_layers * (2 if self.bidirectional else 1),) + ((batch,) if batch else ()) + \
+                (self.hidden_size,)
+        return torch.zeros(shape, dtype=x.dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, weight in self.weights.items():
+            for key, value in to_state(weight).items():
+                destination[f"{prefix}{name}.{key}"] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name in self.weights:
+            keys = {key: f"{prefix}{name}.{key}" for key in ("weight_int8", "weight_scale", "weight_zero_point",
+                                                             "weight_axis")}
+            unexpected_keys[:] = [k for k in unexpected_keys if k not in keys.values()]
+            if all(full in state_dict for full in keys.values()):
+                self.weights[name] = from_state({key: state_dict[full] for key, full in keys.items()})
+            else:
+                missing_keys.extend(full for full in keys.values() if full not in state_dict)
+        self._repack()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_params", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._repack()
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, batch_first={self.batch_first}, weights=qint8 per-channel, "
+                "activations=dynamic")
+
+
+class DynamicLSTM(DynamicRNN):
+    """An ``nn.LSTM`` with qint8 weights; same inputs and outputs: ``output, (h, c)``."""
+
+    fxq_concept = "lstm"
+
+    def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if hx is None:
+            hx = (self._initial_hidden(x), self._initial_hidden(x))
+        output, h, c = torch.quantized_lstm(x, list(hx), self._params, self.has_biases, self.num_layers, 0.0, False,
+                                            self.bidirectional, self.batch_first, dtype=torch.qint8,
+                                            use_dynamic=True)
+        return output, (h, c)
+
+
+class DynamicGRU(DynamicRNN):
+    """An ``nn.GRU`` with qint8 weights; same inputs and outputs: ``output, h``."""
+
+    fxq_concept = "gru"
+
+    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None):
+        if hx is None:
+            hx = self._initial_hidden(x)
+        return torch.quantized_gru(x, hx, self._params, self.has_biases, self.num_layers, 0.0, False,
+                                   self.bidirectional, self.batch_first)

@@ -1,0 +1,64 @@
+"""Weight-only quantized Embedding and EmbeddingBag: every row stored in 8 or 4 bits with its own scale and
+offset (row-wise), looked up by torch's fused kernels (``embedding_bag_byte/4bit_rowwise_offsets``) without
+ever materialising the float table. Embedding tables are often the largest weights of a model and are only
+read, never multiplied, so this is where 4 bits pay off first."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_PREPACK = {8: "embedding_bag_byte_prepack", 4: "embedding_bag_4bit_prepack"}
+_LOOKUP = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets"}
+
+
+class QuantizedEmbedding(nn.Module):
+    """An ``nn.Embedding`` or ``nn.EmbeddingBag`` (sum or mean) whose table is packed row-wise in ``bits`` (8 or
+    4). Inputs and outputs are as for the float module.
+
+    The packed table is one uint8 tensor: each row holds its quantized values followed by its scale and offset
+    (float32 for 8 bits, float16 for 4 bits), which is what ``state_dict`` stores.
+    """
+
+    _fxq_leaf = True
+
+    def __init__(self, embedding: nn.Embedding | nn.EmbeddingBag, bits: int) -> None:
+        super().__init__()
+        if bits not in _PREPACK:
+            raise ValueError(f"row-wise embedding quantization supports 8 or 4 bits, not {bits}")
+        self.bag = isinstance(embedding, nn.EmbeddingBag)
+        self.mode = embedding.mode if self.bag else "sum"
+        if self.mode not in ("sum", "mean"):
+            raise ValueError(f"EmbeddingBag mode {self.mode!r} has no row-wise quantized kernel (sum and mean do)")
+        if embedding.max_norm is not None:
+            raise ValueError("embeddings with max_norm renormalise rows on lookup; quantized tables cannot")
+        self.bits, self.num_embeddings, self.embedding_dim = bits, embedding.num_embeddings, embedding.embedding_dim
+        self.include_last_offset = bool(getattr(embedding, "include_last_offset", False))
+        table = embedding.weight.detach().float().contiguous()
+        self.register_buffer("packed", getattr(torch.ops.quantized, _PREPACK[bits])(table))
+        self.fxq_concept = "embedding_bag" if self.bag else "embedding"
+
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        lookup = getattr(torch.ops.quantized, _LOOKUP[self.bits])
+        if not self.bag:
+            flat = indices.reshape(-1)
+            rows = lookup(self.packed, flat, torch.arange(flat.numel()), False, 0, False, None, None, False)
+            return rows.reshape(*indices.shape, self.embedding_dim)
+        if indices.dim() == 2:  # fixed-length bags, one per row
+            offsets = torch.arange(0, indices.numel(), indices.shape[1])
+            indices = indices.reshape(-1)
+        if self.mode == "mean" and per_sample_weights is not None:
+            raise ValueError("per_sample_weights only apply to mode='sum' (as for nn.EmbeddingBag)")
+        summed = lookup(self.packed, indices, offsets, False, 0, False, per_sample_weights, None,
+                        self.include_last_offset)
+        if self.mode == "sum":
+            return summed
+        ends = offsets[1:] if self.include_last_offset else torch.cat([offsets[1:], offsets.new_tensor([len(indices)])])
+        starts = offsets[:-1] if self.include_last_offset else offsets
+        counts = (ends - starts).clamp(min=1).to(summed.dtype).unsqueeze(1)
+        return summed / counts  # the kernel sums only; an empty bag stays zero, as in float
+
+    def extra_repr(self) -> str:
+        kind = f"bag, mode={self.mode}" if self.bag else "lookup"
+        return f"{self.num_embeddings}, {self.embedding_dim}, {kind}, weight={self.bits}-bit row-wise"
