@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fxq.errors import ConfigError, FxqWarning
+from fxq.nn.fused import FusedModule
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
 from fxq.nn.quantized.embedding import QuantizedEmbedding
@@ -175,8 +176,10 @@ def _config_for(path: str, module: nn.Module, spec: dict):
     return None
 
 
-def _convert(module: nn.Module, config) -> tuple[nn.Module | None, str]:
-    """The replacement for ``module`` under ``config``, or (None, why it stays float)."""
+def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module | None, str]:
+    """The replacement for ``module`` under ``config``, or (None, why it stays float). ``quantize_weight`` turns
+    a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer)."""
+    quantize_weight = quantize_weight or _qint8_per_channel
     if isinstance(config, WeightOnly):
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             return _guard(lambda: QuantizedEmbedding(module, config.bits))
@@ -188,14 +191,24 @@ def _convert(module: nn.Module, config) -> tuple[nn.Module | None, str]:
         if bits is None:
             return None, "embeddings are quantized weight-only (qint8 -> 8-bit rows, quint4x2 -> 4-bit rows)"
         return _guard(lambda: QuantizedEmbedding(module, bits))
-    if isinstance(module, nn.Linear):
+    relu = isinstance(module, FusedModule)
+    layer = module[0] if relu else module
+    if isinstance(layer, nn.Linear):
         if config.dtype == torch.float16:
-            return DynamicLinear(module.weight.detach().half(), module.bias), ""
-        return DynamicLinear(_qint8_per_channel(module.weight), module.bias), ""
+            return DynamicLinear(layer.weight.detach().half(), layer.bias, relu), ""
+        return DynamicLinear(quantize_weight(layer.weight), layer.bias, relu), ""
+    if not isinstance(layer, (nn.LSTM, nn.GRU)):
+        return None, f"no dynamic kernel for {type(layer).__name__} (Linear, LSTM and GRU have one)"
     if config.dtype != torch.qint8:
         return None, f"fxq's dynamic {type(module).__name__} is qint8 only (fp16 is available for Linear)"
     cls = DynamicLSTM if isinstance(module, nn.LSTM) else DynamicGRU
-    return _guard(lambda: cls(module, _qint8_per_channel))
+    return _guard(lambda: cls(module, quantize_weight))
+
+
+def dynamic_module(module: nn.Module, dtype: torch.dtype, quantize_weight) -> tuple[nn.Module | None, str]:
+    """The dynamic runtime module for a Linear (or fused Linear+ReLU), LSTM or GRU, or (None, why not): what
+    ``lower`` uses for nodes with a dynamic qconfig."""
+    return _convert(module, Dynamic(dtype), quantize_weight)
 
 
 def _guard(make) -> tuple[nn.Module | None, str]:

@@ -56,6 +56,8 @@ _TABLE: list[Concept] = [
        aten=["aten.instance_norm"]),
     _c("embedding", [nn.Embedding], [F.embedding], aten=["aten.embedding"]),
     _c("embedding_bag", [nn.EmbeddingBag], [F.embedding_bag]),
+    _c("lstm", [nn.LSTM], aten=["aten.lstm"]),
+    _c("gru", [nn.GRU], aten=["aten.gru"]),
     _c("lstm", [nn.LSTM]),
     _c("gru", [nn.GRU]),
     _c("relu", [nn.ReLU], [F.relu, torch.relu], ["relu"], ["aten.relu"],

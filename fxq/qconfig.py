@@ -45,6 +45,17 @@ class QConfig:
     def __repr__(self) -> str:
         return f"QConfig(activation={_describe(self.activation)}, weight={_describe(self.weight)})"
 
+    @property
+    def is_dynamic(self) -> bool:
+        """Activations are quantized at run time (a ``PlaceholderObserver(is_dynamic=True)`` activation)."""
+        return bool(getattr(self.activation, "kwargs", {}).get("is_dynamic", False))
+
+    @property
+    def dynamic_dtype(self) -> torch.dtype:
+        """For a dynamic qconfig: torch.qint8 (int8 weights and activations) or torch.float16 (fp16 weights)."""
+        dtype = getattr(self.activation, "kwargs", {}).get("dtype", torch.quint8)
+        return torch.float16 if dtype == torch.float16 else torch.qint8
+
 
 def _describe(factory: Callable | None) -> str:
     """A factory's name without object addresses (observer factories already print that way)."""
@@ -85,6 +96,24 @@ def get_default_qconfig(backend: str = "x86") -> QConfig:
     check_backend(backend)
     return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=_reduces(backend)),
                    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True))
+
+
+def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str = "x86") -> QConfig:
+    """Dynamic quantization through prepare/convert: no activation observers (nothing to calibrate), the weight
+    quantized at convert. ``dtype`` torch.qint8 (int8 weights, activations quantized per call) or torch.float16
+    (fp16 weights). On x86/fbgemm int8 weights use 7 bits so full 8-bit activations cannot overflow the
+    kernels' 16-bit sums on CPUs without VNNI (see ``fxq.dynamic``)."""
+    from fxq.observers import PerChannelMinMaxObserver, PlaceholderObserver
+
+    check_backend(backend)
+    if dtype == torch.float16:
+        return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float16, is_dynamic=True),
+                       weight=PlaceholderObserver.with_args(dtype=torch.float16))
+    if dtype != torch.qint8:
+        raise ConfigError(f"dynamic quantization takes torch.qint8 or torch.float16, not {dtype}")
+    narrow = {"quant_min": -64, "quant_max": 63} if _reduces(backend) else {}
+    return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
+                   weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True, **narrow))
 
 
 def _reduces(backend: str) -> bool:

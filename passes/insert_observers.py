@@ -23,6 +23,7 @@ from fxq.rewriter import Rewriter
 from fxq.shapes import VALUE_KEY, float_tensors_in, is_float_tensor, propagate
 
 _OPS = ("call_module", "call_function", "call_method")
+DYNAMIC_CONCEPTS = ("linear", "linear_relu", "lstm", "gru")
 
 
 @register_pass
@@ -58,6 +59,9 @@ class _Placement:
         if record.qconfig is None:
             leave_float(node, "no qconfig applies to it")
             return
+        if record.qconfig.is_dynamic:
+            self._dynamic(node)
+            return
         support = self.backend.support(record.concept)
         if support is None:
             what = record.concept or _describe_target(node)
@@ -78,6 +82,16 @@ class _Placement:
         for index, arg in enumerate(_activation_inputs(node, support)):
             self._observe_input(node, index, arg)
         self._observe_output(node, self._new_observer(node, support))
+
+    def _dynamic(self, node: Node) -> None:
+        """Dynamic ops quantize their input at run time: nothing to observe; ``lower`` swaps the module."""
+        record = info(node)
+        if node.op == "call_module" and record.concept in DYNAMIC_CONCEPTS:
+            record.precision = f"dynamic {str(record.qconfig.dynamic_dtype).replace('torch.', '')}"
+        else:
+            what = record.concept or _describe_target(node)
+            leave_float(node, f"no dynamic kernel for {what}: dynamic quantization covers Linear (with a fused "
+                              "ReLU), LSTM and GRU modules")
 
     def _share(self, node: Node) -> None:
         source = node.args[0] if node.args else None

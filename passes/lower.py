@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.annotation import info
+from fxq.annotation import info, leave_float
 from fxq.backends import get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
@@ -50,6 +50,10 @@ class Lower(GraphPass):
                 support = backend.support(info(node).concept)
                 if support is not None and support.weighted:
                     _quantize_weight(rw, node, support)
+        with using_engine(backend.engine):
+            for node in list(gm.graph.nodes):
+                if (info(node).precision or "").startswith("dynamic"):
+                    _lower_dynamic(rw, node)
         _record_status(gm)
         if backend.lowering_rules:
             read_before = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
@@ -81,6 +85,29 @@ def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -
     rw.gm.graph.erase_node(call)
     producer = info(value)
     producer.qparams.setdefault("output", qparams)
+
+
+def _lower_dynamic(rw: Rewriter, node: Node) -> None:
+    """A module with a dynamic qconfig becomes its dynamic runtime module (weights quantized now, activations at
+    run time)."""
+    from fxq.dynamic import dynamic_module
+
+    record = info(node)
+    factory = record.qconfig.weight
+
+    def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
+        observer = factory()
+        observer.node_name = f"{node.name} (weight)"
+        observer(weight.detach().float())
+        return quantize_with(observer, weight.detach().float())
+
+    replacement, why = dynamic_module(rw.modules[node.target], record.qconfig.dynamic_dtype, quantize_weight)
+    if replacement is None:
+        leave_float(node, why)
+        return
+    rw.set_module(node.target, replacement)
+    record.lowered_to = f"{type(replacement).__name__}({record.precision})"
+    rw.stamp(node)
 
 
 def _quantize_weight(rw: Rewriter, node: Node, support) -> None:

@@ -19,9 +19,9 @@ class PlaceholderObserver(Observer):
     (nothing needs calibrating), and asking it for qparams is a ConfigError.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float16) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float16, is_dynamic: bool = False) -> None:
         nn.Module.__init__(self)
-        self.dtype = dtype
+        self.dtype, self.is_dynamic = dtype, bool(is_dynamic)
         self.node_name = "<unnamed>"
 
     @property
@@ -39,7 +39,7 @@ class PlaceholderObserver(Observer):
                           "point; the pass asking for them should read the placeholder's dtype instead")
 
     def _settings(self) -> dict[str, Any]:
-        return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "is_dynamic": self.is_dynamic}
 
     def extra_repr(self) -> str:
-        return f"dtype={str(self.dtype).replace('torch.', '')}"
+        return f"dtype={str(self.dtype).replace('torch.', '')}" + (", dynamic" if self.is_dynamic else "")
