@@ -57,7 +57,10 @@ _SUPPORTED = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding, nn.EmbeddingBag)
 
 @dataclass
 class DynamicReport:
-    """What ``quantize_dynamic`` converted (counts per kind), what stayed float and why, and the sizes."""
+    """What ``quantize_dynamic`` converted (counts per kind), what stayed float and why, and the sizes: bytes of
+    ``torch.save(state_dict)`` for the model, and of the converted modules' weights as stored (scales and zero
+    points included). Row-wise embeddings and weight-only linears hold exactly these bytes in memory too;
+    prepacked kernels keep an extra packed copy, and a weight-only linear expands one float weight per call."""
 
     converted: Counter = field(default_factory=Counter)
     left_float: list[tuple[str, str, str]] = field(default_factory=list)
@@ -76,6 +79,9 @@ class DynamicReport:
         lines = [f"converted {kinds}; weights of converted modules {self.weight_bytes_before:,} -> "
                  f"{self.weight_bytes_after:,} bytes ({self.weight_ratio:.2f}x); model {self.size_before:,} -> "
                  f"{self.size_after:,} bytes ({self.size_after / max(self.size_before, 1):.2f}x)"]
+        if any(kind.startswith(("DynamicLinear", "DynamicLSTM", "DynamicGRU")) for kind in self.converted):
+            lines.append("  (sizes are what state_dict stores; in memory, prepacked Linear/LSTM/GRU kernels also hold "
+                         "their own packed copy of the int8 weights)")
         lines += [f"  left float: {path} ({kind}): {why}" for path, kind, why in self.left_float]
         return "\n".join(lines)
 

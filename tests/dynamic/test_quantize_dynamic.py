@@ -179,3 +179,21 @@ def test_the_model_is_not_changed_unless_inplace():
     assert isinstance(model[0], nn.Linear)
     same = fxq.quantize_dynamic(model, inplace=True)
     assert same is model and isinstance(model[0], DynamicLinear)
+
+
+def test_qnnpack_engine_runs_the_same_model_with_full_range_weights():
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no qnnpack engine")
+    torch.manual_seed(0)
+    model = LanguageModel().eval()
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"
+    try:
+        quantized = fxq.quantize_dynamic(model, {nn.Linear, nn.LSTM})
+        tokens = _tokens()
+        with torch.no_grad():
+            assert _sqnr(model(tokens), quantized(tokens)) > 30
+        assert quantized.head.qweight.int_repr().min() == -128  # no 7-bit narrowing: qnnpack cannot overflow
+        assert quantized.head.engine == "qnnpack"
+    finally:
+        torch.backends.quantized.engine = previous
