@@ -131,3 +131,24 @@ def test_prepared_graph_still_computes_the_float_function():
     gm = _observed(model, x)
     for got, want in zip(gm(x), model(x), strict=True):
         assert torch.equal(got, want)
+
+
+def test_dynamic_qconfig_places_no_observers_and_marks_supported_modules():
+    from fxq.qconfig import get_default_dynamic_qconfig
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu, self.lstm = nn.Linear(8, 8), nn.ReLU(), nn.LSTM(8, 8)
+
+        def forward(self, x):
+            out, _ = self.lstm(self.relu(self.fc(x)))
+            return out
+
+    mapping = QConfigMapping().set_global(get_default_dynamic_qconfig())
+    gm = _observed(Recurrent(), torch.randn(5, 3, 8), mapping=mapping)
+    assert not any(isinstance(m, Observer) for m in gm.modules())
+    nodes = {n.name: info(n) for n in gm.graph.nodes}
+    assert nodes["fc"].precision == "dynamic qint8" and nodes["fc"].concept == "linear_relu"
+    assert nodes["lstm"].precision == "dynamic qint8"
+    assert "no dynamic kernel for getitem" in nodes["getitem"].float_reason

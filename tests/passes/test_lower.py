@@ -106,3 +106,20 @@ def test_float_nodes_say_why_and_quantized_nodes_say_what_they_became():
     assert records["fc"].lowered_to == "reference:linear"
     assert records["exp"].lowered_to == "float"
     assert "no quantized form of exp" in records["exp"].float_reason
+
+
+def test_lower_swaps_dynamic_modules_with_the_qconfigs_weight_observer():
+    from fxq.nn.quantized.dynamic_linear import DynamicLinear
+    from fxq.qconfig import get_default_dynamic_qconfig
+    from fxq.qconfig_mapping import QConfigMapping
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(4, 8)
+    mapping = QConfigMapping().set_global(get_default_dynamic_qconfig(backend="x86"))
+    ctx = PassContext(qconfig_mapping=mapping, example_inputs=(x,), original=model, backend="x86")
+    gm = run(traced(model), "normalize", "fuse", "assign-qconfig", "insert-observers", "lower", ctx=ctx)
+    first, last = gm.get_submodule("0"), gm.get_submodule("2")
+    assert isinstance(first, DynamicLinear) and first.relu and isinstance(last, DynamicLinear)
+    assert first.qweight.int_repr().abs().max() <= 64  # the x86 dynamic qconfig's 7-bit weight range
+    assert info(next(n for n in gm.graph.nodes if n.target == "2")).lowered_to == "DynamicLinear(dynamic qint8)"
+    assert (gm(x) - model(x)).abs().max() < 0.05
