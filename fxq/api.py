@@ -17,12 +17,13 @@ from torch.fx import GraphModule
 
 from fxq.annotation import copy_graph_module
 from fxq.backends import get_backend
+from fxq.capture import capture as capture_model
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
-from fxq.tracing import TRACE_OPTIONS_KEY, trace
+from fxq.tracing import TRACE_OPTIONS_KEY
 
 PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")
 CONVERT_PASSES = ("lower", "cleanup")
@@ -34,7 +35,7 @@ _LEAVES_KEY = "fxq_float_leaves"
 
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
-            concrete_args: dict | None = None, keep_snapshots: bool = False) -> GraphModule:
+            concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx") -> GraphModule:
     """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
 
     Args:
@@ -45,6 +46,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
             around float ops), "x86" or "qnnpack" (native int8 kernels).
         leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
         concrete_args: forward arguments to fix to Python values while tracing.
+        capture: "fx" (symbolic tracing), "export" (``torch.export``, for models tracing cannot follow, such as
+            Hugging Face transformers) or "auto" (tracing, else export; ``prepared.meta["fxq_capture"]`` says
+            which and why). See ``fxq.capture``.
         keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
     Returns:
         The prepared GraphModule (observers inserted), in eval mode.
@@ -55,8 +59,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     example_inputs = _as_tuple(example_inputs)
     with paused_gc():
         work = _eval_copy(model, "prepare")
-        captured = trace(work, leaf_modules=leaf_modules, leaf_module_types=leaf_module_types,
-                         concrete_args=concrete_args)
+        options = {"leaf_modules": tuple(leaf_modules), "leaf_module_types": tuple(leaf_module_types),
+                   "concrete_args": concrete_args}
+        captured = capture_model(work, example_inputs, capture, **options)
         gm = captured.graph_module
         add_properties(gm, frozenset({"traced"}))
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
@@ -66,9 +71,7 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     prepared.meta[_BACKEND_KEY] = backend
     prepared.meta[RECORDS_KEY] = result.records
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
-    prepared.meta[TRACE_OPTIONS_KEY] = {"leaf_modules": tuple(leaf_modules),
-                                        "leaf_module_types": tuple(leaf_module_types),
-                                        "concrete_args": concrete_args}
+    prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
     return prepared.eval()
 
 

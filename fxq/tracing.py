@@ -44,6 +44,7 @@ class Captured:
     graph_module: GraphModule
     float_leaves: list[FloatLeaf] = field(default_factory=list)
     how: str = "fx"
+    why: str = ""
 
 
 class _Failure(Exception):

@@ -27,8 +27,9 @@ from torch import nn
 from torch.fx import GraphModule, Interpreter, Node
 
 from fxq.annotation import info
+from fxq.capture import capture
 from fxq.errors import ConfigError
-from fxq.tracing import TRACE_OPTIONS_KEY, trace
+from fxq.tracing import TRACE_OPTIONS_KEY
 
 
 @dataclass(frozen=True)
@@ -80,21 +81,23 @@ def compare(float_model: nn.Module, quantized: GraphModule, data: Iterable) -> C
     if not isinstance(quantized, GraphModule) or TRACE_OPTIONS_KEY not in quantized.meta:
         raise ConfigError("compare() takes a model returned by fxq.convert/fxq.quantize (its nodes say which "
                           f"float layer they compute); got {type(quantized).__name__}")
-    floating = trace(copy.deepcopy(float_model).eval(), **quantized.meta[TRACE_OPTIONS_KEY]).graph_module
+    batches = [batch if isinstance(batch, tuple) else (batch,) for batch in data]
+    if not batches:
+        raise ConfigError("compare() got no data; pass an iterable of input batches")
+    options = dict(quantized.meta[TRACE_OPTIONS_KEY])
+    how = options.pop("how", "fx")
+    if how == "export":
+        options = {}
+    floating = capture(copy.deepcopy(float_model).eval(), batches[0], how, **options).graph_module
     readers = _quantized_readers(quantized)
     stats: dict[str, _Stats] = {}
-    batches = 0
     with torch.no_grad():
-        for batch in data:
-            batch = batch if isinstance(batch, tuple) else (batch,)
+        for batch in batches:
             expected = _values(floating, batch, None)
             got = _values(quantized, batch, readers)
             for origin, node_name in readers.items():
                 if origin in expected and node_name in got:
                     stats.setdefault(origin, _Stats()).add(expected[origin], got[node_name])
-            batches += 1
-    if batches == 0:
-        raise ConfigError("compare() got no data; pass an iterable of input batches")
     if not stats:
         raise ConfigError("no quantized node matched a float layer; was the float model the one quantized?")
     return _rank(floating, quantized, readers, stats)
