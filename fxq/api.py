@@ -72,7 +72,7 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     prepared.meta[RECORDS_KEY] = result.records
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
-    return prepared.eval()
+    return _eval_mode(prepared)
 
 
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False) -> GraphModule:
@@ -93,7 +93,7 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
         result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
-    return converted.eval()
+    return _eval_mode(converted)
 
 
 def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str = "x86",
@@ -145,6 +145,13 @@ def _mapping_name(backend: str) -> str:
 def pass_records(gm: GraphModule) -> list[PassRecord]:
     """The per-pass records (name, time, node counts, snapshot) of the pipelines that produced ``gm``."""
     return list(gm.meta.get(RECORDS_KEY, []))
+
+
+def _eval_mode(gm: GraphModule) -> GraphModule:
+    """``gm`` with every module in eval mode. Set directly: a module from ``torch.export`` refuses ``.eval()``."""
+    for module in gm.modules():
+        module.training = False
+    return gm
 
 
 def _as_tuple(example_inputs) -> tuple:

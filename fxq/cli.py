@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     bench = commands.add_parser("bench", help="int8 latency/size/accuracy vs fp32 and torch.ao, in one run")
     bench.add_argument("--models", default="resnet18,mobilenet_v2,bert,digits",
-                       help="comma-separated: resnet18, mobilenet_v2, bert, digits")
+                       help="comma-separated: resnet18, mobilenet_v2, bert, digits, hf_bert (needs transformers)")
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")

@@ -159,7 +159,10 @@ class Rewriter:
             owner_path, _, leaf = target.rpartition(".")
             if any(owner_path == path or owner_path.startswith(path + ".") for path in called):
                 continue
-            owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
+            try:
+                owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
+            except AttributeError:
+                continue  # its module went already, as an unused submodule
             if hasattr(owner, leaf):
                 delattr(owner, leaf)
 

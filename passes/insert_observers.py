@@ -147,14 +147,15 @@ class _Placement:
 
 
 def _activation_inputs(node: Node, support: OpSupport) -> list[Node]:
-    """The float tensor nodes among the op's inputs, except a functional weighted op's weight and bias."""
+    """The float tensor nodes among the op's inputs, except a functional weighted op's weight and bias and any
+    parameter or constant (a ``get_attr``, such as an exported layer norm's weight): those are not activations."""
     args = list(node.args)
     if support.weight_arg is not None and node.op == "call_function":
         args = args[: support.weight_arg]
     found: list[Node] = []
     for arg in args:
         for item in arg if isinstance(arg, (list, tuple)) else (arg,):
-            if is_float_tensor(item) and item not in found:
+            if is_float_tensor(item) and item.op != "get_attr" and item not in found:
                 found.append(item)
     return found
 

@@ -389,20 +389,20 @@ def test_resolution_agrees_with_torch_ao():
 
 # ---- defaults ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("backend", "reduce_range", "activation_range"), [
-    ("x86", True, (0, 127)), ("fbgemm", True, (0, 127)),
-    ("qnnpack", False, (0, 255)), ("reference", False, (0, 255)),
+@pytest.mark.parametrize(("backend", "weight_range"), [
+    ("x86", (-64, 63)), ("fbgemm", (-64, 63)), ("qnnpack", (-128, 127)), ("reference", (-128, 127)),
 ])
-def test_default_qconfig_per_backend(backend, reduce_range, activation_range):
+def test_default_qconfig_per_backend(backend, weight_range):
+    """Full 8-bit activations everywhere; x86/fbgemm narrow the weights instead (see get_default_qconfig)."""
     from fxq.observers import HistogramObserver, PerChannelMinMaxObserver
 
     qconfig = get_default_qconfig(backend)
     act, weight = qconfig.activation(), qconfig.weight()
     assert type(act) is HistogramObserver and act.dtype == torch.quint8 and not act.symmetric
-    assert act.reduce_range is reduce_range and (act.quant_min, act.quant_max) == activation_range
+    assert not act.reduce_range and (act.quant_min, act.quant_max) == (0, 255)
     assert type(weight) is PerChannelMinMaxObserver and weight.ch_axis == 0
     assert weight.dtype == torch.qint8 and weight.symmetric
-    assert (weight.quant_min, weight.quant_max) == (-128, 127)
+    assert (weight.quant_min, weight.quant_max) == weight_range
     assert "0x" not in repr(qconfig) and "HistogramObserver.with_args(" in repr(qconfig)
 
 
@@ -480,10 +480,14 @@ def test_default_settings_match_torch_ao(backend):
     act, weight = ours.global_qconfig.activation(), ours.global_qconfig.weight()
     assert type(act).__name__ == type(their_act).__name__ == "HistogramObserver"
     assert their_act.qscheme == torch.per_tensor_affine and not act.symmetric
-    assert (act.dtype, act.reduce_range) == (their_act.dtype, their_act.reduce_range)
-    assert (act.quant_min, act.quant_max) == (their_act.quant_min, their_act.quant_max)
+    assert act.dtype == their_act.dtype
+    if backend == "x86":  # torch.ao narrows activations to 7 bits; fxq narrows weights (get_default_qconfig)
+        assert their_act.reduce_range and not act.reduce_range and (act.quant_min, act.quant_max) == (0, 255)
+        assert (weight.quant_min, weight.quant_max) == (-64, 63)
+    else:
+        assert (act.quant_min, act.quant_max) == (their_act.quant_min, their_act.quant_max)
+        assert (weight.quant_min, weight.quant_max) == (their_weight.quant_min, their_weight.quant_max)
     assert weight.dtype == their_weight.dtype == torch.qint8
-    assert (weight.quant_min, weight.quant_max) == (their_weight.quant_min, their_weight.quant_max)
     # Symmetric weights on both; per channel on both for x86. On qnnpack torch.ao uses one scale per tensor
     # and fxq keeps per channel (a documented choice in get_default_qconfig).
     expected_qscheme = torch.per_channel_symmetric if backend == "x86" else torch.per_tensor_symmetric

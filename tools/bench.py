@@ -36,6 +36,7 @@ class Case:
     calibration: list[tuple]
     evaluation: list[tuple]
     accuracy: Callable[[nn.Module], float] | None = None
+    capture: str = "fx"
 
 
 def _cases(names: list[str]) -> list[Case]:
@@ -48,6 +49,7 @@ def _cases(names: list[str]) -> list[Case]:
         "bert": lambda: Case("BERT-base encoder seq 128", lambda: zoo.BertEncoder().eval(), zoo.bert_batches(2, 1),
                              zoo.bert_batches(2, 2)),
         "digits": _digits_case,
+        "hf_bert": _hf_bert_case,
     }
     return [makers[name]() for name in names]
 
@@ -64,6 +66,25 @@ def _digits_case() -> Case:
 
     return Case(f"digits CNN {len(test_x)}x1x8x8 (trained)", lambda: model, [(b,) for b in train_x.split(128)[:8]],
                 [(test_x,)], accuracy)
+
+
+def _hf_bert_case() -> Case:
+    """transformers' BertModel (BERT-base config, random init), which symbolic tracing cannot follow: captured
+    with capture="auto" (torch.export), no change to the model."""
+    import transformers
+
+    config = transformers.BertConfig()
+
+    def batches(count: int, seed: int) -> list[tuple]:
+        g = torch.Generator().manual_seed(seed)
+        return [(torch.randint(0, config.vocab_size, (1, 128), generator=g), torch.ones(1, 128, dtype=torch.long))
+                for _ in range(count)]
+
+    def build():
+        torch.manual_seed(0)
+        return transformers.BertModel(config).eval()
+
+    return Case("HF BertModel seq 128 (capture=auto)", build, batches(4, 1), batches(2, 2), capture="auto")
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -95,12 +116,18 @@ def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, war
 
 def _outputs(model: nn.Module, batches: list[tuple]) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(*batch).flatten() for batch in batches])
+        return torch.cat([_main_output(model(*batch)).flatten() for batch in batches])
+
+
+def _main_output(output) -> torch.Tensor:
+    """A model's main tensor: itself, or a Hugging Face output's ``last_hidden_state``."""
+    return output if isinstance(output, torch.Tensor) else output.last_hidden_state
 
 
 def _quantize_fxq(model: nn.Module, case: Case) -> tuple[nn.Module, dict[str, float]]:
     start = time.perf_counter()
-    prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), case.calibration[0], backend="x86")
+    prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), case.calibration[0], backend="x86",
+                           capture=case.capture)
     prepare_s = time.perf_counter() - start
     calibrate_s = _calibrate(prepared, case.calibration)
     start = time.perf_counter()
@@ -115,7 +142,11 @@ def _quantize_torch_ao(model: nn.Module, case: Case) -> tuple[nn.Module | None, 
     except ImportError:
         return None, {}
     start = time.perf_counter()
-    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), case.calibration[0])
+    try:
+        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), case.calibration[0])
+    except Exception as err:  # torch.ao cannot trace it (Hugging Face models): its columns read n/a
+        print(f"torch.ao prepare_fx failed on {case.name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+        return None, {}
     prepare_s = time.perf_counter() - start
     calibrate_s = _calibrate(prepared, case.calibration)
     start = time.perf_counter()

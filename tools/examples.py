@@ -1,7 +1,7 @@
 """Small models with a known quantization problem, for the inspection guide (docs/inspect.md) and for trying
 ``fxq dump`` on something that goes wrong.
 
-``outlier_net``: a few layers where one hidden channel carries values ~40x larger than the rest, as some
+``outlier_net``: a few layers where one hidden channel carries values ~100x larger than the rest, as some
 transformer channels do. Quantized per tensor, that channel sets the scale of the whole tensor and the other
 channels keep only a few steps: the layer producing it is where accuracy goes.
 """
@@ -25,13 +25,13 @@ class OutlierNet(nn.Module):
 
 
 def outlier_net() -> nn.Module:
-    """OutlierNet with fixed weights; ``mix`` writes channel 7 about 40x larger than the others."""
+    """OutlierNet with fixed weights; ``mix`` writes channel 7 about 100x larger than the others."""
     generator = torch.Generator().manual_seed(0)
     model = OutlierNet()
     with torch.no_grad():
         for layer in (model.embed, model.mix, model.head):
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / layer.in_features ** 0.5)
             layer.bias.zero_()
-        model.mix.weight[7] *= 40.0
-        model.head.weight[:, 7] /= 40.0  # the head undoes it, so the float model's outputs stay ordinary
+        model.mix.weight[7] *= 100.0
+        model.head.weight[:, 7] /= 100.0  # the head undoes it, so the float model's outputs stay ordinary
     return model.eval()

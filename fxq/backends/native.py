@@ -201,6 +201,8 @@ def norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     normalisation kernel with the module's parameters."""
     concept = info(op).concept
     if op.op != "call_module":
+        if concept == "layer_norm":
+            return _functional_layer_norm(rw, q, op, x)
         return Declined(f"{op.name} is functional; only the module form of {concept} lowers to its int8 kernel")
     module = rw.modules[op.target]
     layer, prefix = (module[0], "0.") if isinstance(module, FusedModule) else (module, "")
@@ -231,6 +233,20 @@ def norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     args = (source, param("weight"), param("bias"), param("running_mean"), param("running_var"), layer.eps, scale,
             zero_point)
     return _kernel_call(rw, q, op, kernel, args)
+
+
+def _functional_layer_norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
+    """F.layer_norm / aten.layer_norm(x, shape, weight, bias, eps) with constant parameters (exported graphs)."""
+    shape = _setting(rw, op, "normalized_shape", 1, None)
+    weight, bias = _setting(rw, op, "weight", 2, None), _setting(rw, op, "bias", 3, None)
+    eps = _setting(rw, op, "eps", 4, 1e-5)
+    for value in (weight, bias):
+        if value is not None and not (isinstance(value, Node) and value.op == "get_attr"):
+            return Declined(f"{op.name}'s affine parameters are computed at run time; the int8 kernel needs "
+                            "constants")
+    scale, zero_point = _output_qparams(q)
+    args = (x.args[0], list(shape), weight, bias, eps, scale, zero_point)
+    return _kernel_call(rw, q, op, torch.ops.quantized.layer_norm, args)
 
 
 def _kernel_call(rw: Rewriter, q: Node, op: Node, kernel, args: tuple) -> Node:
