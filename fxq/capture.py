@@ -74,13 +74,18 @@ def _auto(model: nn.Module, example_inputs: tuple, trace_options: dict) -> Captu
 
 
 def export(model: nn.Module, example_inputs: tuple) -> Captured:
-    """``torch.export`` (non-strict) on the example inputs; module paths and types come from ``nn_module_stack``.
+    """``torch.export`` (non-strict) on the example inputs, with dynamic dimensions; module paths and types come
+    from ``nn_module_stack``.
 
     Raises:
         TraceError: export failed (names the model and the first line of torch's error).
     """
+    # every dimension of every tensor input may vary: a model exported for batch 8 x 64 tokens must still take
+    # batch 3 x 40 (export keeps a dimension static only where the model's code requires it)
+    dynamic = tuple({dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor)
+                    else None for value in example_inputs)
     try:
-        program = torch.export.export(model, tuple(example_inputs), strict=False)
+        program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic, strict=False)
     except Exception as err:  # torch raises many kinds; all mean "cannot capture"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TraceError(f"torch.export cannot capture {type(model).__name__}: {type(err).__name__}: {first}") \
