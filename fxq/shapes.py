@@ -17,12 +17,19 @@ from fxq.errors import TraceError
 VALUE_KEY = "fxq_value"
 
 
+# Values this large are not activations but masks (``finfo.min`` added to attention scores): an int8 range that
+# covered them would leave every real value in a single step.
+EXTREME = 1e6
+
+
 @dataclass(frozen=True)
 class TensorInfo:
-    """The dtype and shape a node's tensor had on the example inputs."""
+    """The dtype and shape a node's tensor had on the example inputs, and whether it held extreme values
+    (magnitude >= ``EXTREME`` or not finite)."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
+    extreme: bool = False
 
 
 def propagate(gm: GraphModule, example_inputs: tuple) -> None:
@@ -61,6 +68,12 @@ def is_float_tensor(value: object) -> bool:
     return isinstance(meta, TensorInfo) and meta.dtype.is_floating_point
 
 
+def holds_extremes(value: object) -> bool:
+    """True if ``value`` is a node whose recorded tensor held values of magnitude >= EXTREME (or Inf/NaN)."""
+    meta = value.meta.get(VALUE_KEY) if isinstance(value, Node) else None
+    return isinstance(meta, TensorInfo) and meta.extreme
+
+
 def float_tensors_in(value: object) -> bool:
     """True if ``value`` is a node whose recorded value is a tuple/list holding only float tensors."""
     if not isinstance(value, Node):
@@ -83,7 +96,9 @@ class _Recorder(Interpreter):
 
 def _describe(value: object):
     if isinstance(value, torch.Tensor):
-        return TensorInfo(value.dtype, tuple(value.shape))
+        extreme = (value.is_floating_point() and not value.is_quantized and value.numel() > 0
+                   and not bool((value.abs() < EXTREME).all()))
+        return TensorInfo(value.dtype, tuple(value.shape), extreme)
     if isinstance(value, (tuple, list)):
         return tuple(_describe(item) if isinstance(item, torch.Tensor) else None for item in value)
     return None

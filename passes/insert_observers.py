@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule, Node
 
@@ -20,7 +22,7 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.observers import FixedQParamsObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.rewriter import Rewriter
-from fxq.shapes import VALUE_KEY, float_tensors_in, is_float_tensor, propagate
+from fxq.shapes import EXTREME, VALUE_KEY, float_tensors_in, holds_extremes, is_float_tensor, propagate
 
 _OPS = ("call_module", "call_function", "call_method")
 DYNAMIC_CONCEPTS = ("linear", "linear_relu", "lstm", "gru")
@@ -50,6 +52,7 @@ class _Placement:
         self.quantized: dict[Node, str] = {}
 
     def run(self) -> None:
+        self.masks = _mask_carriers(self.gm)
         for node in list(self.gm.graph.nodes):
             if node.op in _OPS and node not in self.quantized:
                 self._place(node)
@@ -61,6 +64,11 @@ class _Placement:
             return
         if record.qconfig.is_dynamic:
             self._dynamic(node)
+            return
+        if node in self.masks or any(arg in self.masks for arg in node.all_input_nodes):
+            leave_float(node, f"it carries values of magnitude >= {EXTREME:g} (an additive mask built from a huge "
+                              "constant such as finfo.min?): an int8 range covering them would leave every other "
+                              "value in one step")
             return
         support = self.backend.support(record.concept)
         if support is None:
@@ -144,6 +152,37 @@ class _Placement:
             self.quantized[existing] = observer
         consumer.replace_input_with(value, existing)
         info(consumer).observers[f"input{index}"] = self.quantized[existing]
+
+
+def _mask_carriers(gm: GraphModule) -> set[Node]:
+    """Nodes whose values come from a huge constant (|c| >= EXTREME, e.g. ``(1 - mask) * finfo.min``) or held
+    extreme values on the example inputs, and every op computed from them, up to a softmax (whose output is a
+    probability again). Seeding from constants catches masks whose example inputs had no padding."""
+    carriers: set[Node] = set()
+    for node in gm.graph.nodes:
+        if node.op not in _OPS:
+            continue
+        huge_constant = any(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= EXTREME
+                            for v in _flat_args(node))
+        from_carrier = not _absorbs_masks(node) and any(arg in carriers for arg in node.all_input_nodes)
+        if huge_constant or from_carrier or holds_extremes(node):
+            carriers.add(node)
+    return carriers
+
+
+def _absorbs_masks(node: Node) -> bool:
+    """Softmax and attention turn masked scores back into ordinary values."""
+    if info(node).concept == "softmax":
+        return True
+    target = getattr(node.target, "overloadpacket", node.target)
+    return target in (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention)
+
+
+def _flat_args(node: Node) -> list:
+    flat = []
+    for value in (*node.args, *node.kwargs.values()):
+        flat.extend(value if isinstance(value, (list, tuple)) else (value,))
+    return flat
 
 
 def _activation_inputs(node: Node, support: OpSupport) -> list[Node]:

@@ -98,7 +98,15 @@ class Observer(nn.Module):
         raise NotImplementedError
 
     def _check_finite(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        """NaN or Inf anywhere in a batch shows up in its min or max, so checking those is enough."""
+        """NaN or Inf anywhere in a batch shows up in its min or max, so checking those is enough; so do values
+        only a mask holds (finfo.min is finite, and would make the range useless)."""
+        if torch.isfinite(low).all() and torch.isfinite(high).all() and \
+                max(float(low.abs().max()), float(high.abs().max())) >= 1e30:
+            raise CalibrationError(
+                f"calibration data reaching node {self.node_name!r} holds values of magnitude "
+                f"{max(float(low.abs().max()), float(high.abs().max())):.3g}: an additive mask (finfo.min) rather "
+                "than an activation. Keep that op float with QConfigMapping.set_module_name(..., None), or give "
+                "prepare example inputs that exercise the mask (padded ones) so fxq leaves it float itself")
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
             raise CalibrationError(
                 f"calibration data reaching node {self.node_name!r} contains NaN or Inf "
