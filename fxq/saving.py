@@ -31,6 +31,9 @@ def save(gm: GraphModule, path: str | os.PathLike) -> None:
     """Write ``gm`` (what ``fxq.prepare``/``convert``/``quantize`` returned) with its annotations to ``path``."""
     if not isinstance(gm, GraphModule):
         raise ConfigError(f"fxq.save() takes a GraphModule from fxq.prepare/convert/quantize, got {type(gm).__name__}")
+    if gm.meta.get("fxq_capture", {}).get("how") == "export":
+        raise ConfigError("fxq.save() cannot save a model captured with torch.export yet (its module holds functions "
+                          "Python cannot pickle); keep the float model and quantize it again when loading")
     nodes = [(node.op, _target(node), {key: node.meta[key] for key in _NODE_KEYS if key in node.meta})
              for node in gm.graph.nodes]
     meta = dict(gm.meta)

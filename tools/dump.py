@@ -22,6 +22,7 @@ from torch.fx import GraphModule
 
 import fxq
 from fxq.annotation import copy_graph_module
+from fxq.capture import capture
 from fxq.dump import compare, inspect
 from fxq.dump.diff import diff_graphs
 from fxq.dump.json_format import SCHEMA, VERSION, to_json
@@ -38,11 +39,17 @@ DEFAULT_CALIBRATION = 2  # random batches when --calibration is not given
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", help="package.module:factory, or a model file written by fxq.save")
     parser.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (inputs separated by ';')")
+    parser.add_argument("--input-dtype", default="float32",
+                        help="dtype of the --input-shape inputs (int64 for token ids: random integers in [0, 100))")
     parser.add_argument("--example-inputs", help="a .pt file with the example input tensor or tuple of tensors")
     parser.add_argument("--stage", choices=STAGES, default="converted")
     parser.add_argument("--calibration", help="number of random calibration batches, or a .pt file with a list of "
                                               "batches; also the data the per-node error is measured on")
     parser.add_argument("--backend", default="x86", help="reference, x86 or qnnpack")
+    parser.add_argument("--capture", choices=("fx", "export", "auto"), default="fx",
+                        help="how to capture the model: symbolic tracing, torch.export, or tracing else export")
+    parser.add_argument("--keep-float", action="append", default=[], metavar="MODULE",
+                        help="keep this module float (QConfigMapping.set_module_name(MODULE, None)); repeatable")
     parser.add_argument("--after", metavar="PASS", help="show the graph right after this pass")
     parser.add_argument("--after-all", action="store_true", help="show every pass's graph, what it changed and "
                                                                  "its time")
@@ -133,7 +140,7 @@ def _op_rows(rows: list) -> list:
 def build_dump(args: argparse.Namespace) -> Dump:
     """Load the target and run the pipeline as far as the options ask."""
     target = load_target(args.target)
-    example = example_inputs(args.input_shape, args.example_inputs)
+    example = example_inputs(args.input_shape, args.example_inputs, getattr(args, "input_dtype", "float32"))
     if isinstance(target, GraphModule) and "fxq_properties" in target.meta:
         return _saved_model_dump(target, args, example)
     model = target
@@ -144,15 +151,15 @@ def build_dump(args: argparse.Namespace) -> Dump:
     calibration = calibration_batches(args.calibration, example)
     name = type(model).__name__
     if args.after or args.after_all or stage in ("traced", "fused"):
-        traced = fxq.trace(copy.deepcopy(model).eval()).graph_module
+        traced = capture(copy.deepcopy(model).eval(), example, args.capture).graph_module
         if args.after or args.after_all:
             return _per_pass_dump(model, name, traced, example, calibration, args)
         if stage == "traced":
             return Dump(name, stage, args.backend, traced, _rows(traced, example))
         fused = _fuse(traced, example, args.backend)
         return Dump(name, stage, args.backend, fused, _rows(fused, example))
-    mapping = fxq.get_default_qconfig_mapping(_mapping_backend(args.backend))
-    prepared = fxq.prepare(model, mapping, example, backend=args.backend)
+    mapping = _mapping(args)
+    prepared = fxq.prepare(model, mapping, example, backend=args.backend, capture=args.capture)
     if stage == "prepared":
         return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
     _calibrate(prepared, calibration)
@@ -166,8 +173,8 @@ def build_dump(args: argparse.Namespace) -> Dump:
 
 def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tuple, calibration: list,
                    args: argparse.Namespace) -> Dump:
-    mapping = fxq.get_default_qconfig_mapping(_mapping_backend(args.backend))
-    prepared = fxq.prepare(model, mapping, example, backend=args.backend, keep_snapshots=True)
+    prepared = fxq.prepare(model, _mapping(args), example, backend=args.backend, keep_snapshots=True,
+                           capture=args.capture)
     _calibrate(prepared, calibration)
     converted = fxq.convert(prepared, keep_snapshots=True)
     records = fxq.pass_records(converted)
@@ -223,8 +230,12 @@ def _calibrate(prepared: GraphModule, batches: list) -> None:
             prepared(*batch)
 
 
-def _mapping_backend(backend: str) -> str:
-    return "x86" if backend == "reference" else backend
+def _mapping(args: argparse.Namespace):
+    """The backend's default mapping, with the modules named by --keep-float left float."""
+    mapping = fxq.get_default_qconfig_mapping("x86" if args.backend == "reference" else args.backend)
+    for name in args.keep_float:
+        mapping = mapping.set_module_name(name, None)
+    return mapping
 
 
 def load_target(target: str):
@@ -246,8 +257,9 @@ def load_target(target: str):
     return model.eval()
 
 
-def example_inputs(shape_text: str | None, path: str | None) -> tuple | None:
-    """Random inputs of the given shapes, or the tensors saved in ``path``."""
+def example_inputs(shape_text: str | None, path: str | None, dtype_name: str = "float32") -> tuple | None:
+    """Random inputs of the given shapes (normal floats, or integers in [0, 100) for integer dtypes), or the
+    tensors saved in ``path``."""
     if path:
         loaded = torch.load(path, weights_only=False)
         return loaded if isinstance(loaded, tuple) else (loaded,)
@@ -258,8 +270,13 @@ def example_inputs(shape_text: str | None, path: str | None) -> tuple | None:
     except ValueError:
         raise ConfigError(f"--input-shape {shape_text!r}: write sizes separated by commas, e.g. 1,3,224,224 "
                           "(inputs separated by ';')") from None
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"--input-dtype {dtype_name!r} is not a torch dtype (float32, int64, ...)")
     generator = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
+    if dtype.is_floating_point:
+        return tuple(torch.randn(shape, generator=generator).to(dtype) for shape in shapes)
+    return tuple(torch.randint(0, 100, shape, generator=generator, dtype=dtype) for shape in shapes)
 
 
 def calibration_batches(spec: str | None, example: tuple) -> list[tuple]:
@@ -272,5 +289,6 @@ def calibration_batches(spec: str | None, example: tuple) -> list[tuple]:
     except ValueError:
         raise ConfigError(f"--calibration {spec!r} is neither a number of batches nor a file") from None
     generator = torch.Generator().manual_seed(1)
-    return [tuple(torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in example)
+    return [tuple(torch.randn(t.shape, generator=generator).to(t.dtype) if t.is_floating_point()
+                  else torch.randint(0, 100, t.shape, generator=generator, dtype=t.dtype) for t in example)
             for _ in range(count)]

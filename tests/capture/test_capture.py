@@ -1,0 +1,103 @@
+"""The torch.export front end and capture="auto", on real Hugging Face models."""
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import fxq
+from fxq.annotation import info
+from fxq.metrics import sqnr_db
+from tests.dump.helpers import dump_args
+
+
+def _bert(layers=12, seed=0):
+    torch.manual_seed(seed)
+    return transformers.BertModel(transformers.BertConfig(num_hidden_layers=layers)).eval()
+
+
+def _batches(count, seed, length=128):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 30522, (1, length), generator=g), torch.ones(1, length, dtype=torch.long))
+            for _ in range(count)]
+
+
+def test_hf_bert_base_static_int8_by_auto_capture_without_changes():
+    model = _bert()
+    quantized = fxq.quantize(model, _batches(1, 0)[0], _batches(2, 1), backend="x86", capture="auto")
+    how = quantized.meta["fxq_capture"]
+    assert how["how"] == "export" and "symbolic tracing failed" in how["why"]
+    kinds = [info(n).lowered_to for n in quantized.graph.nodes]
+    assert kinds.count("QuantizedLinear") == 73 and kinds.count("quantized.layer_norm") == 25
+    with torch.no_grad():
+        reference = torch.cat([model(*b).last_hidden_state.flatten() for b in _batches(2, 2)])
+        got = torch.cat([quantized(*b).last_hidden_state.flatten() for b in _batches(2, 2)])
+    assert sqnr_db(reference, got) >= 20
+    with torch.no_grad():  # dynamic dimensions: another length runs too (a batch of 1 is fixed by export)
+        ids = torch.randint(0, 30522, (1, 40))
+        assert quantized(ids, torch.ones(1, 40, dtype=torch.long)).last_hidden_state.shape == (1, 40, 768)
+
+
+def test_module_name_rule_with_an_hf_path_takes_effect_on_the_exported_graph():
+    model = _bert(layers=2)
+    mapping = fxq.get_default_qconfig_mapping("x86").set_module_name("encoder.layer.0.output.dense", None)
+    quantized = fxq.quantize(model, _batches(1, 0, 32)[0], _batches(2, 1, 32), backend="x86", capture="export",
+                             qconfig_mapping=mapping)
+    rows = [row for row in fxq.inspect(quantized) if row.concept == "linear"]
+    by_path = {info(n).module_path: info(n) for n in quantized.graph.nodes if info(n).concept == "linear"}
+    excluded = by_path["encoder.layer.0.output.dense"]
+    assert excluded.qconfig_rule == "module_name('encoder.layer.0.output.dense')" and excluded.float_reason
+    assert by_path["encoder.layer.1.output.dense"].lowered_to == "QuantizedLinear"
+    assert any(row.rule == "module_name('encoder.layer.0.output.dense')" and row.category == "float" for row in rows)
+
+
+def tiny_bert():
+    """A factory for the dump tool: a 1-layer BertModel."""
+    return _bert(layers=1)
+
+
+def test_dump_tool_captures_with_export_and_shows_the_rule():
+    from fxq.tools.dump import build_dump, render
+
+    args = dump_args("tests.capture.test_capture:tiny_bert", "--input-shape", "1,16", "--input-dtype", "int64",
+                     "--capture", "auto", "--keep-float", "encoder.layer.0.output.dense")
+    result = build_dump(args)
+    text = render(result, "text")
+    assert "module_name('encoder.layer.0.output.dense')" in text
+    assert result.graph.meta["fxq_capture"]["how"] == "export"
+
+
+def test_export_captured_models_cannot_be_saved_yet_and_say_so(tmp_path):
+    quantized = fxq.quantize(_bert(layers=1), _batches(1, 0, 16)[0], _batches(1, 1, 16), backend="x86",
+                             capture="export")
+    with pytest.raises(fxq.ConfigError, match="torch.export"):
+        fxq.save(quantized, tmp_path / "x.pt")
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent Python: neither front end can capture it
+            return x * 2
+        return x - 1
+
+
+def test_a_model_neither_front_end_captures_gets_one_error_with_both_failures():
+    with pytest.raises(fxq.TraceError) as caught:
+        fxq.prepare(_Branchy(), fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 3),), capture="auto")
+    message = str(caught.value)
+    assert "neither front end" in message and "fx:" in message and "export:" in message
+
+
+def test_auto_keeps_symbolic_tracing_when_it_captures_everything():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 4),), capture="auto")
+    assert prepared.meta["fxq_capture"] == {"how": "fx", "why": "symbolic tracing captured the whole model"}
+
+
+def test_unknown_capture_and_fx_only_options_are_errors():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    with pytest.raises(fxq.ConfigError, match="capture='jit'"):
+        fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 4),), capture="jit")
+    with pytest.raises(fxq.ConfigError, match="symbolic tracing only"):
+        fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 4),), capture="export",
+                    leaf_modules=["0"])
