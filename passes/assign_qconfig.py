@@ -16,6 +16,7 @@ from fxq.annotation import info, leave_float
 from fxq.errors import ConfigError
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
+from fxq.ops import aten_name, concept_of_key, key_of
 from fxq.pass_registry import register_pass
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -40,10 +41,11 @@ class AssignQConfig(GraphPass):
         mapping.validate({name for name, _ in source.named_modules()})
         modules = dict(gm.named_modules())
         seen: dict[tuple[str, object], int] = defaultdict(int)
+        rule_objects = _rule_objects(mapping)
         for node in gm.graph.nodes:
             if node.op not in _OPS:
                 continue
-            path, module_type, function, order_path, order_object = _scope(node, modules)
+            path, module_type, function, order_path, order_object = _scope(node, modules, rule_objects)
             index = seen[(order_path, order_object)]
             seen[(order_path, order_object)] += 1
             resolution = mapping.resolve(module_path=path, module_type=module_type, function=function,
@@ -55,10 +57,13 @@ class AssignQConfig(GraphPass):
         return gm
 
 
-def _scope(node: Node, modules: dict) -> tuple[str, type | None, object, str, object]:
+def _scope(node: Node, modules: dict, rule_objects: dict) -> tuple[str, type | None, object, str, object]:
     """(module path, module type, function, order path, order object) as QConfigMapping resolution wants them.
 
     A fused module is matched by its first member's type (``nn.Conv2d`` rules apply to a fused conv+relu).
+    Exported graphs spell ops in aten, so their nodes are seen as a traced graph's would be: the op a module
+    exists to compute (``aten.linear`` inside an ``nn.Linear``) as that module's call, and any other aten op as
+    the function a rule names for the same concept (``aten.add`` as the ``torch.add`` of a rule).
     """
     record = info(node)
     if node.op == "call_module":
@@ -67,4 +72,23 @@ def _scope(node: Node, modules: dict) -> tuple[str, type | None, object, str, ob
         parent = node.target.rpartition(".")[0]
         return node.target, module_type, None, parent, module_type
     target = record.source_target if record.source_target is not None else node.target
+    if aten_name(target) is not None:
+        if record.concept is not None and record.module_type is not None and \
+                concept_of_key(("module", record.module_type)) == (record.concept, False):
+            parent = record.module_path.rpartition(".")[0]
+            return record.module_path, record.module_type, None, parent, record.module_type
+        target = rule_objects.get(record.concept, target)
     return record.module_path, record.module_type, target, record.module_path, target
+
+
+def _rule_objects(mapping) -> dict[str, object]:
+    """concept -> the function a rule of ``mapping`` names for it (the first, if several do)."""
+    found: dict[str, object] = {}
+    keys = list(mapping.object_type_qconfigs) + [kind for _, kind, _ in mapping.module_name_object_type_order_qconfigs]
+    for key in keys:
+        if isinstance(key, type):
+            continue
+        concept = concept_of_key(key_of(key))
+        if concept is not None:
+            found.setdefault(concept[0], key)
+    return found

@@ -101,3 +101,40 @@ def test_unknown_capture_and_fx_only_options_are_errors():
     with pytest.raises(fxq.ConfigError, match="symbolic tracing only"):
         fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 4),), capture="export",
                     leaf_modules=["0"])
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = torch.add(self.fc1(x), x)
+        return torch.relu(torch.add(self.fc2(y), y))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block, self.head = _Block(), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+def test_rules_resolve_the_same_on_traced_and_exported_graphs():
+    qconfig = fxq.get_default_qconfig("x86")
+    mapping = (fxq.QConfigMapping().set_global(qconfig).set_object_type(torch.add, qconfig)
+               .set_object_type(nn.Linear, qconfig).set_module_name("block.fc2", None)
+               .set_module_name_object_type_order("block", torch.add, 0, None)
+               .set_module_name_regex(r"hea.", qconfig))
+    resolved = {}
+    for capture in ("fx", "export"):
+        prepared = fxq.prepare(_Net().eval(), mapping, (torch.randn(2, 8),), capture=capture)
+        resolved[capture] = [(info(n).module_path, info(n).concept, info(n).qconfig_rule)
+                             for n in prepared.graph.nodes
+                             if info(n).concept in ("linear", "add", "relu")]
+    assert resolved["fx"] == resolved["export"]
+    rules = {rule for _, _, rule in resolved["export"]}
+    assert {"module_name('block.fc2')", "module_name_object_type_order('block', torch.add, 0)",
+            "object_type(Linear)", "module_name_regex('hea.')"} <= rules

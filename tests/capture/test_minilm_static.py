@@ -9,7 +9,6 @@ of 0.944; keeping those six float and the other 30 Linears int8 gives 0.994. Qua
 layer norms too (the default mapping) costs most of the rest: 0.864.
 """
 
-import torch
 from torch import nn
 
 import fxq
