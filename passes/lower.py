@@ -10,6 +10,7 @@ patterns they support into native kernels. Every op node records what it became,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
 from torch.fx import GraphModule, Node
@@ -174,10 +175,9 @@ def _per_tensor_like(observer: Observer) -> Observer:
 
 
 def _constant(gm: GraphModule, value) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node reads; None for a value computed at run time."""
     if isinstance(value, Node) and value.op == "get_attr":
-        owner_path, _, leaf = value.target.rpartition(".")
-        owner = gm.get_submodule(owner_path) if owner_path else gm
-        return getattr(owner, leaf)
+        return attrgetter(value.target)(gm)
     return None
 
 

@@ -8,6 +8,8 @@ What no rule matches stays as reference ``dequantize -> float op -> quantize``, 
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 from torch import nn
 from torch.fx import Node
@@ -108,11 +110,11 @@ def _native_from_call(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool]
     weight = op.args[1] if len(op.args) > 1 else op.kwargs.get("weight")
     if not (_is_dq(weight) and weight.args[0].op == "get_attr"):
         return Declined(f"{op.name}'s weight is computed at run time; only constant weights are prepacked")
-    qweight = _attribute(rw.gm, weight.args[0].target)
+    qweight = attrgetter(weight.args[0].target)(rw.gm)
     bias_node = op.args[2] if len(op.args) > 2 else op.kwargs.get("bias")
     if bias_node is not None and not (isinstance(bias_node, Node) and bias_node.op == "get_attr"):
         return Declined(f"{op.name}'s bias is computed at run time; only a constant bias is prepacked")
-    bias = _attribute(rw.gm, bias_node.target).detach() if bias_node is not None else None
+    bias = attrgetter(bias_node.target)(rw.gm).detach() if bias_node is not None else None
     concept = info(op).concept
     scale, zero_point = _output_qparams(q)
     if concept == "linear":
@@ -132,11 +134,6 @@ def _conv(qweight, bias, q: Node, relu: bool, stride, padding, dilation, groups,
     scale, zero_point = _output_qparams(q)
     return QuantizedConv(qweight, bias, scale, zero_point, relu, stride, padding, dilation, groups,
                          transposed=transposed, output_padding=output_padding)
-
-
-def _attribute(gm, target: str):
-    owner_path, _, leaf = target.rpartition(".")
-    return getattr(gm.get_submodule(owner_path) if owner_path else gm, leaf)
 
 
 def binary(rw: Rewriter, q: Node, op: Node, a: Node, b: Node) -> Node | Declined:

@@ -10,15 +10,16 @@ import torch
 from torch import nn
 
 from fxq.nn.quantized.engine import using_engine
-from fxq.nn.quantized.weight_state import from_state, to_state
+from fxq.nn.quantized.kernel_state import RebuildsKernelState
+from fxq.nn.quantized.weight_state import KEYS, from_state, to_state
 
 
-class DynamicRNN(nn.Module):
+class DynamicRNN(RebuildsKernelState):
     """Base of the dynamic LSTM/GRU: holds the quantized weights by name, rebuilds the kernel's cell parameters
-    from them after loading, copying or unpickling. Subclasses set ``mode`` and implement ``forward``."""
+    from them after loading, copying or unpickling. Subclasses implement ``forward``."""
 
     _fxq_leaf = True
-    mode = ""
+    _kernel_state = ("_params",)
 
     def __init__(self, rnn: nn.LSTM | nn.GRU, quantize_weight) -> None:
         super().__init__()
@@ -74,31 +75,13 @@ class DynamicRNN(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         for name in self.weights:
-            keys = {key: f"{prefix}{name}.{key}" for key in ("weight_int8", "weight_scale", "weight_zero_point",
-                                                             "weight_axis")}
+            keys = {key: f"{prefix}{name}.{key}" for key in KEYS}
             unexpected_keys[:] = [k for k in unexpected_keys if k not in keys.values()]
             if all(full in state_dict for full in keys.values()):
                 self.weights[name] = from_state({key: state_dict[full] for key, full in keys.items()})
             else:
                 missing_keys.extend(full for full in keys.values() if full not in state_dict)
         self._repack()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_params", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._repack()
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        clone = self.__class__.__new__(self.__class__)
-        memo[id(self)] = clone
-        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        return clone
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "

@@ -6,13 +6,13 @@ their output qparams (``scale``, ``zero_point``); dynamic ones compute them per 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from fxq.nn.quantized import weight_state
 from fxq.nn.quantized.engine import using_engine
+from fxq.nn.quantized.kernel_state import RebuildsKernelState
 
 
-class PackedWeightModule(nn.Module):
+class PackedWeightModule(RebuildsKernelState):
     """Base of native weighted modules. Subclasses implement ``_pack()``, ``_kernel()`` and ``forward`` and call
     ``_repack()`` at the end of ``__init__``.
 
@@ -21,6 +21,7 @@ class PackedWeightModule(nn.Module):
     """
 
     _fxq_leaf = True
+    _kernel_state = ("_packed", "_run")
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
                  output_qparams: tuple[float, int] | None = None) -> None:
         super().__init__()
@@ -63,24 +64,6 @@ class PackedWeightModule(nn.Module):
             return
         self.qweight = weight_state.from_state({key: state_dict[prefix + key] for key in names})
         self._repack()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_packed", None)
-        state.pop("_run", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._repack()
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        clone = self.__class__.__new__(self.__class__)
-        memo[id(self)] = clone
-        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        return clone
 
     def _weight_repr(self) -> str:
         q = self.qweight
