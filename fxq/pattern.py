@@ -182,11 +182,7 @@ class FormCache:
 
 def op_matches(pattern: Pattern, node: Node, modules: dict[str, nn.Module], cache: FormCache | None = None) -> bool:
     """True if ``node`` computes the op ``pattern`` asks for (any known form of the same concept)."""
-    if cache is not None:
-        key, concept = cache.lookup(node)
-    else:
-        key = ops.form_key(node, modules)
-        concept = ops.concept_of(node, modules) if key is not None else None
+    key, concept = (cache or FormCache(modules)).lookup(node)
     if key is None:
         return False
     kind, want = pattern._want
@@ -262,10 +258,8 @@ def find_matches(graph: Graph, pattern: Pattern, modules: dict[str, nn.Module],
     """
     claimed = set() if claimed is None else claimed
     cache = cache or FormCache(modules)
-    kind, want = pattern._want
     for node in reversed(graph.nodes) if candidates is None else candidates:
-        key, concept = cache.lookup(node)  # the anchor test inline: most nodes fail it
-        if (concept != want if kind == "concept" else key != (kind, want)) or node in claimed:
+        if node in claimed or not op_matches(pattern, node, modules, cache):  # most nodes fail the anchor test
             continue
         result = match(pattern, node, modules, cache=cache)
         if result:

@@ -94,12 +94,10 @@ def get_default_qconfig(backend: str = "x86") -> QConfig:
     Raises:
         ConfigError: an unknown backend (the message lists the known ones).
     """
-    from fxq.observers import HistogramObserver, PerChannelMinMaxObserver
+    from fxq.observers import HistogramObserver
 
     check_backend(backend)
-    narrow = {"quant_min": -64, "quant_max": 63} if _reduces(backend) else {}
-    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8),
-                   weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True, **narrow))
+    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8), weight=default_weight(backend))
 
 
 def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str = "x86") -> QConfig:
@@ -107,7 +105,7 @@ def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str =
     quantized at convert. ``dtype`` torch.qint8 (int8 weights, activations quantized per call) or torch.float16
     (fp16 weights). On x86/fbgemm int8 weights use 7 bits so full 8-bit activations cannot overflow the
     kernels' 16-bit sums on CPUs without VNNI (see ``fxq.dynamic``)."""
-    from fxq.observers import PerChannelMinMaxObserver, PlaceholderObserver
+    from fxq.observers import PlaceholderObserver
 
     check_backend(backend)
     if dtype == torch.float16:
@@ -115,9 +113,17 @@ def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str =
                        weight=PlaceholderObserver.with_args(dtype=torch.float16))
     if dtype != torch.qint8:
         raise ConfigError(f"dynamic quantization takes torch.qint8 or torch.float16, not {dtype}")
-    narrow = {"quant_min": -64, "quant_max": 63} if _reduces(backend) else {}
     return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
-                   weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True, **narrow))
+                   weight=default_weight(backend))
+
+
+def default_weight(backend: str):
+    """The default weight observer factory: symmetric qint8 per output channel, in 7 bits on x86/fbgemm (see
+    ``get_default_qconfig``). Static, dynamic and QAT defaults all use it."""
+    from fxq.observers import PerChannelMinMaxObserver
+
+    narrow = {"quant_min": -64, "quant_max": 63} if _reduces(backend) else {}
+    return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True, **narrow)
 
 
 def _reduces(backend: str) -> bool:

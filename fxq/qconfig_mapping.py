@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fxq.errors import ConfigError, FxqWarning
-from fxq.qconfig import QConfig, _reduces, check_backend, get_default_qconfig
+from fxq.qconfig import QConfig, check_backend, get_default_qconfig
 
 _UNSET = object()
 _DICT_KEYS = ("", "object_type", "module_name_regex", "module_name", "module_name_object_type_order")
@@ -318,8 +318,9 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
 
 def get_default_qat_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     """The default mapping for quantization-aware training: the static one, but with moving-average min/max
-    activation observers (quint8, ``reduce_range`` as the static default), which follow ranges that move while
-    the weights train. Weights keep the static per-channel observer for now.
+    activation observers (quint8, full range as the static default), which follow ranges that move while the
+    weights train. Weights keep the static per-channel observer (7-bit on x86, which is what lets activations
+    keep all 8 bits).
 
     Raises:
         ConfigError: an unknown backend.
@@ -327,5 +328,5 @@ def get_default_qat_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     from fxq.observers import MovingAverageMinMaxObserver
 
     mapping = get_default_qconfig_mapping(check_backend(backend))
-    activation = MovingAverageMinMaxObserver.with_args(dtype=torch.quint8, reduce_range=_reduces(backend))
+    activation = MovingAverageMinMaxObserver.with_args(dtype=torch.quint8)
     return mapping.set_global(QConfig(activation=activation, weight=mapping.global_qconfig.weight))

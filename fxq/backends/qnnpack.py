@@ -1,5 +1,5 @@
 """The qnnpack backend (ARM and mobile kernels): the x86 table without 3-d convolutions, which qnnpack does not
-implement, full-range activations (no reduce_range), and the same native lowering rules.
+implement, full-range 8-bit weights (x86 narrows them to 7 bits), and the same native lowering rules.
 
 relu6/hardtanh/clamp also stay float here: under the qnnpack engine, torch 2.13's int8 clamp returns wrong
 values for channels-last tensors (which every qnnpack conv produces); tests/backends catches this if it returns.
@@ -29,4 +29,4 @@ def _qnnpack_entry(entry):
 
 QNNPACK = Backend("qnnpack", {name: _qnnpack_entry(entry) for name, entry in X86.ops.items()
                               if name not in NO_QNNPACK_KERNEL},
-                  lowering_rules=NATIVE_RULES, reduce_range=False, engine="qnnpack")
+                  lowering_rules=NATIVE_RULES, engine="qnnpack")

@@ -68,7 +68,6 @@ class Backend:
     name: str
     ops: Mapping[str, OpSupport]
     lowering_rules: tuple = field(default=())
-    reduce_range: bool = False
     engine: str | None = None
 
     def support(self, concept: str | None) -> OpSupport | None:

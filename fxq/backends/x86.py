@@ -1,5 +1,6 @@
 """The x86 backend (fbgemm/onednn kernels): the reference table minus ops with no int8 kernel, lowered by the
-native rules. Activations use reduce_range (7-bit) so int16 accumulation cannot overflow on CPUs without VNNI."""
+native rules. Its default qconfig narrows weights to 7 bits so fbgemm's 16-bit sums cannot overflow on CPUs
+without VNNI (``fxq.qconfig.get_default_qconfig``)."""
 
 from __future__ import annotations
 
@@ -24,4 +25,4 @@ def _x86_entry(entry):
 
 
 X86 = Backend("x86", {name: _x86_entry(entry) for name, entry in REFERENCE_OPS.items() if name not in NO_INT8_KERNEL},
-              lowering_rules=NATIVE_RULES, reduce_range=True, engine="x86")
+              lowering_rules=NATIVE_RULES, engine="x86")
