@@ -66,7 +66,6 @@ class Rewriter:
         self.gm = gm
         self.pass_name = pass_name
         self.modules: dict[str, nn.Module] = dict(gm.named_modules())
-        self.memo: dict[str, object] = {}  # facts a pass's rewrites compute once per run
         self._rule: Rule | None = None
         self._index: AnchorIndex | None = None  # while apply() runs: new nodes join it
 

@@ -69,8 +69,8 @@ def _scope(node: Node, modules: dict, rule_objects: dict) -> tuple[str, type | N
     if node.op == "call_module":
         module = modules[node.target]
         module_type = type(module.op) if isinstance(module, FusedModule) else type(module)
-        parent = node.target.rpartition(".")[0]
-        return node.target, module_type, None, parent, module_type
+        parent = record.module_path.rpartition(".")[0]
+        return record.module_path, module_type, None, parent, module_type
     target = record.source_target if record.source_target is not None else node.target
     if aten_name(target) is not None:
         if record.concept is not None and record.module_type is not None and \

@@ -3,13 +3,13 @@
 Needs a normalized graph (concepts named, no in-place ops) from a model in eval mode. Afterwards batch norms
 that follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
 merged with it into one fused module (``fxq.nn.fused``), called at the first member's path; ``relu(a + b)``
-and ``relu(a * b)`` become one ``fxq.nn.functional`` call. Functional forms
-and modules called more than once are left alone, with the reason recorded as a near miss.
+and ``relu(a * b)`` become one ``fxq.nn.functional`` call. Functional forms are left alone, with the reason
+recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
+fuses with its own neighbours.)
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from torch import nn
@@ -82,19 +82,9 @@ def _not_fusable(rw: Rewriter, op: Node, other: Node | None) -> str | None:
             continue
         if node.op != "call_module":
             return f"{node.name} is a {node.op.replace('_', ' ')}; only module forms are fused"
-        calls = _module_calls(rw)[node.target]
-        if calls > 1:
-            return f"module {node.target!r} is called {calls} times; folding it would change the other calls"
         if rw.modules[node.target].training:
             return f"module {node.target!r} is in training mode; fusion for inference needs eval mode"
     return None
-
-
-def _module_calls(rw: Rewriter) -> Counter:
-    """How many call sites each module has (counted once per run: fusion never adds a call site)."""
-    if "module_calls" not in rw.memo:
-        rw.memo["module_calls"] = Counter(n.target for n in rw.gm.graph.nodes if n.op == "call_module")
-    return rw.memo["module_calls"]
 
 
 def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:

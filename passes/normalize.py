@@ -1,17 +1,23 @@
-"""normalize: name every node's op concept and rewrite in-place ops out of place.
+"""normalize: name every node's op concept, give each call of a module its own module, make in-place ops out of
+place.
 
-Needs a traced graph. Afterwards every op node's annotation carries its ``concept`` ("relu", "add", ...), no
-node uses an in-place form (``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``),
-and later uses of a tensor an in-place op mutated read the op's result instead, so the numbers are unchanged.
+Needs a traced graph. Afterwards every op node's annotation carries its ``concept`` ("relu", "add", ...); a
+module fxq knows (a conv, a linear, a ReLU...) that forward calls several times is one module per call site,
+the copies sharing its parameters and buffers, so later passes can fuse, observe and lower each call on its own
+(each has its own input and output ranges); no node uses an in-place form (``x.relu_()``, ``x += y``,
+``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``), and later uses of a tensor an in-place op mutated read
+the op's result instead. The numbers are unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import info, stamp
@@ -46,17 +52,50 @@ class Normalize(GraphPass):
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         modules = dict(gm.named_modules())
         order = {node: index for index, node in enumerate(gm.graph.nodes)}
+        called: set[str] = set()
         for node in list(gm.graph.nodes):
             if node.op not in ("call_module", "call_function", "call_method"):
                 continue
             record = info(node)
             record.concept = concept_of(node, modules)
             record.origin = node.name
+            if node.op == "call_module" and record.concept is not None:
+                if node.target in called:
+                    _call_own_copy(gm, node, modules)
+                    stamp(node, self.name, "own_module_per_call")
+                called.add(node.target)
             if is_inplace_form(node, modules):
                 _make_out_of_place(node, modules)
                 _redirect_later_uses(node, order)
                 stamp(node, self.name, "out_of_place")
         return gm
+
+
+def _call_own_copy(gm: GraphModule, node: Node, modules: dict) -> None:
+    """Point ``node`` at a copy of the module it calls, registered beside it (``fc`` -> ``fc_call2``).
+
+    The copy shares the module's parameters and buffers (tied weights stay tied; nothing is duplicated until a
+    pass replaces a weight), while its own attribute dictionaries let passes swap or fold it for this call
+    alone. The node keeps the original ``module_path``, so QConfigMapping rules naming the module still apply.
+    """
+    parent, _, leaf = node.target.rpartition(".")
+    count = 2
+    while f"{node.target}_call{count}" in modules:
+        count += 1
+    name = f"{leaf}_call{count}"
+    clone = _sharing_copy(modules[node.target])
+    (gm.get_submodule(parent) if parent else gm).add_module(name, clone)
+    node.target = f"{parent}.{name}" if parent else name
+    modules[node.target] = clone
+
+
+def _sharing_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are the very same tensors, with dictionaries of its own."""
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = {name: None if child is None else _sharing_copy(child) for name, child in module._modules.items()}
+    return clone
 
 
 def _make_out_of_place(node: Node, modules: dict) -> None:

@@ -17,6 +17,7 @@ from torch.fx import Node
 from fxq.annotation import info, take_over
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear
+from fxq.nn.quantized.group_norm import group_norm
 from fxq.nn.reference import WeightQuantized
 from fxq.pattern import ANY, Pattern
 from fxq.rewriter import Declined, Rewriter, Rule
@@ -161,8 +162,19 @@ def shared(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     if _qparams_of(source) != _output_qparams(q):
         return Declined(f"{op.name}'s output qparams differ from its input's; it cannot run on the int8 tensor")
     op.replace_input_with(x, source)
+    _view_as_reshape(op)
     info(op).lowered_to = f"int8 {info(op).concept}"
     return _becomes(rw.stamp(op), q, op)
+
+
+def _view_as_reshape(op: Node) -> None:
+    """``view`` becomes ``reshape`` on int8 values: native convolutions leave them channels-last, where
+    ``x.view(x.size(0), -1)`` has no view (the float model's contiguous tensor had one). ``reshape`` is the same
+    view wherever one exists and a copy elsewhere; normalize removed in-place ops, so no one sees the aliasing."""
+    if op.op == "call_method" and op.target == "view":
+        op.target = "reshape"
+    elif op.op == "call_function" and op.target is torch.ops.aten.view.default:
+        op.target = torch.ops.aten.reshape.default
 
 
 # What torch's int8 sigmoid-like kernels produce for quint8 (they take no output qparams): [0, 1) and [-1, 1).
@@ -214,7 +226,7 @@ def norm(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
         return _kernel_call(rw, q, op, torch.ops.quantized.layer_norm, args)
     if concept == "group_norm":
         args = (source, layer.num_groups, param("weight"), param("bias"), layer.eps, scale, zero_point)
-        return _kernel_call(rw, q, op, torch.ops.quantized.group_norm, args)
+        return _kernel_call(rw, q, op, group_norm, args)
     if concept == "instance_norm":
         if layer.track_running_stats:
             return Declined(f"{op.name} normalises with running statistics; the int8 kernel uses each instance's")

@@ -1,3 +1,4 @@
+import copy
 import operator
 
 import torch
@@ -5,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.annotation import info
+from fxq.graph_pass import PassContext, add_properties
+from fxq.tracing import trace
 from tests.passes.helpers import op_nodes, run, traced
 
 
@@ -73,3 +76,52 @@ def test_nothing_to_do_leaves_the_graph_alone():
     gm = run(gm, "normalize")
     assert [(n.op, n.target) for n in gm.graph.nodes] == before
     assert all(not info(n).history for n in gm.graph.nodes)
+
+
+class Shared(nn.Module):
+    """One Linear and one ReLU module, each called twice; a custom (unknown) module called twice too."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(6, 6))
+        self.act = nn.ReLU()
+        self.custom = Scale()
+
+    def forward(self, x):
+        x = self.act(self.block[0](x))
+        x = self.act(self.block[0](x))
+        return self.custom(self.custom(x))
+
+
+class Scale(nn.Module):
+    def forward(self, x):
+        return x * 0.5
+
+
+def test_each_call_of_a_known_module_gets_its_own_module_sharing_its_parameters():
+    model = Shared().eval()
+    x = torch.randn(3, 6)
+    gm = trace(copy.deepcopy(model), leaf_modules=["custom"]).graph_module
+    add_properties(gm, frozenset({"traced"}))
+    gm = run(gm, "normalize")
+    calls = [(n.target, info(n).module_path) for n in gm.graph.nodes if n.op == "call_module"]
+    assert calls == [("block.0", "block.0"), ("act", "act"), ("block.0_call2", "block.0"), ("act_call2", "act"),
+                     ("custom", "custom"), ("custom", "custom")]  # fxq never rewrites an unknown module
+    first, second = gm.get_submodule("block.0"), gm.get_submodule("block.0_call2")
+    assert first is not second
+    assert first.weight is second.weight and first.bias is second.bias  # tied, not duplicated
+    assert first._parameters is not second._parameters  # a pass may replace one call's weight alone
+    assert torch.equal(gm(x), model(x))
+    second_call = next(n for n in gm.graph.nodes if n.target == "block.0_call2")
+    assert [stamp.rule for stamp in info(second_call).history] == ["own_module_per_call"]
+
+
+def test_a_rule_naming_a_shared_module_reaches_every_call():
+    from fxq.qconfig_mapping import get_default_qconfig_mapping
+
+    mapping = get_default_qconfig_mapping("reference").set_module_name("block.0", None)
+    gm = run(traced(Shared().eval()), "normalize", "assign-qconfig",
+             ctx=PassContext(qconfig_mapping=mapping, original=Shared()))
+    linears = [n for n in gm.graph.nodes if info(n).concept == "linear"]
+    assert len(linears) == 2
+    assert all(info(n).qconfig is None and info(n).qconfig_rule == "module_name('block.0')" for n in linears)

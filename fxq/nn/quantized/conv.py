@@ -7,10 +7,14 @@ import torch
 
 from fxq.nn.quantized.packed import PackedWeightModule
 
-# In torch 2.13 the onednn transposed convolution (which the "x86" engine picks) returns wrong values for
-# int8 inputs (max error larger than the output itself; torch.ao's own module is affected too), while fbgemm's
-# matches the float reference. Transposed convolutions are packed with fbgemm on these engines.
-ONEDNN_ENGINES = ("x86", "onednn")
+# Which engine packs a transposed convolution of 1, 2 or 3 spatial dims when the selected engine is one of x86's.
+# Measured on torch 2.13 against the float computation on the same int8 values, over a few hundred shapes each:
+# onednn's int8 transposed convolution (the "x86" engine's pick) is wrong for most shapes (torch.ao's own module
+# too); fbgemm's 2-d one is wrong and nondeterministic for 2x2 kernels with channel counts that are multiples of
+# 8 and a batch above 1 (the common 2x upsampling layer), right for 1-d and 3-d; qnnpack's was right for every
+# 1-d and 2-d shape and has no 3-d kernel.
+TRANSPOSED_ENGINE = {1: "fbgemm", 2: "qnnpack", 3: "fbgemm"}
+X86_ENGINES = ("x86", "onednn", "fbgemm")
 
 
 class QuantizedConv(PackedWeightModule):
@@ -27,8 +31,8 @@ class QuantizedConv(PackedWeightModule):
         self.stride, self.padding = _tuple(stride, self.dims), _tuple(padding, self.dims)
         self.dilation, self.groups = _tuple(dilation, self.dims), int(groups)
         self.transposed, self.output_padding = bool(transposed), _tuple(output_padding, self.dims)
-        if self.transposed and self.engine in ONEDNN_ENGINES and "fbgemm" in torch.backends.quantized.supported_engines:
-            self.engine = "fbgemm"  # see ONEDNN_ENGINES
+        if self.transposed and self.engine in X86_ENGINES:
+            self.engine = TRANSPOSED_ENGINE[self.dims]
         self._repack()
 
     @property

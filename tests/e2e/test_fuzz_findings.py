@@ -1,0 +1,113 @@
+"""The failure groups random-graph fuzzing found in ordinary models, each as the few lines that reproduce it.
+
+Every case runs the one-call API with its defaults on every backend and must give the right answer: SQNR
+against float above a floor, and the same output on every call (some kernels were nondeterministic).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import fxq
+from tests.models import sqnr
+
+BACKENDS = ("reference", "x86", "qnnpack")
+
+
+class SharedLinear(nn.Module):
+    """A Linear called twice (tied layers): lowering failed on the second call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x)))
+
+
+class Siamese(nn.Module):
+    """One conv tower, one ReLU module, applied to two inputs; their features are compared."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, a, b):
+        fa = self.act(self.conv(a)).mean((2, 3))
+        fb = self.act(self.conv(b)).mean((2, 3))
+        return self.head(fa - fb)
+
+
+class ViewFlatten(nn.Module):
+    """The classic flatten after a conv; int8 conv outputs are channels-last, where this view has no view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def upsample(channels_in: int, channels_out: int, stride: int) -> nn.Module:
+    """A 2x2 transposed convolution: fbgemm's kernel for it is wrong and nondeterministic for multiples of 8."""
+    return nn.Sequential(nn.Conv2d(channels_in, channels_in, 1), nn.ConvTranspose2d(channels_in, channels_out, 2,
+                                                                                    stride=stride))
+
+
+def pooled_group_norm() -> nn.Module:
+    """A group norm on a 1x1 spatial input (after global pooling): torch's int8 kernel returns garbage there."""
+    return nn.Sequential(nn.Conv2d(16, 16, 1), nn.GroupNorm(8, 16))
+
+
+CASES = {
+    "shared linear": (SharedLinear, [(4, 8)]),
+    "siamese conv": (Siamese, [(4, 3, 8, 8), (4, 3, 8, 8)]),
+    "view flatten": (ViewFlatten, [(4, 3, 8, 8)]),
+    "transposed 2x2 stride 1": (lambda: upsample(16, 8, 1), [(4, 16, 3, 3)]),
+    "transposed 2x2 stride 2": (lambda: upsample(16, 16, 2), [(4, 16, 8, 8)]),
+    "transposed 2x2 8->16": (lambda: upsample(8, 16, 2), [(4, 8, 5, 5)]),
+    "group norm 1x1": (pooled_group_norm, [(4, 16, 1, 1)]),
+}
+
+
+def _inputs(shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g) for shape in shapes)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_reproducer_gives_the_right_answer_every_time(case, backend):
+    build, shapes = CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    calibration = [_inputs(shapes, seed) for seed in range(8)]
+    quantized = fxq.quantize(model, calibration[0], calibration, backend=backend)
+    x = _inputs(shapes, 100)
+    with torch.no_grad():
+        expected, first, second = model(*x), quantized(*x), quantized(*x)
+    assert torch.equal(first, second), "the quantized model gives different outputs for the same input"
+    assert sqnr(expected, first) > 15, f"{case} on {backend}: {sqnr(expected, first):.1f} dB"
+
+
+@pytest.mark.parametrize("backend", ("x86", "qnnpack"))
+def test_each_call_of_a_shared_module_runs_its_own_kernel_with_its_own_output_range(backend):
+    model = SharedLinear().eval()
+    calibration = [_inputs([(4, 8)], seed) for seed in range(4)]
+    quantized = fxq.quantize(model, calibration[0], calibration, backend=backend)
+    lowered = {n.target: fxq.info(n).lowered_to for n in quantized.graph.nodes if n.op == "call_module"}
+    assert lowered == {"fc": "QuantizedLinear+relu", "fc_call2": "QuantizedLinear"}  # the first fused its ReLU
+    first, second = quantized.get_submodule("fc"), quantized.get_submodule("fc_call2")
+    assert first.scale != second.scale  # the two calls see different ranges
+
+
+def test_view_on_a_channels_last_int8_value_becomes_reshape():
+    calibration = [_inputs([(4, 3, 8, 8)], seed) for seed in range(4)]
+    quantized = fxq.quantize(ViewFlatten().eval(), calibration[0], calibration, backend="x86")
+    methods = [n.target for n in quantized.graph.nodes if n.op == "call_method"]
+    assert "view" not in methods and "reshape" in methods
