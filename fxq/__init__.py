@@ -17,6 +17,8 @@ from fxq.errors import (
     ConfigError,
     FxqError,
     FxqWarning,
+    InputError,
+    LoadError,
     PassError,
     PassOrderError,
     TraceError,
@@ -33,7 +35,7 @@ from fxq.tracing import trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANY", "CalibrationError", "Comparison", "ConfigError", "Dynamic", "DynamicReport", "WeightOnly", "FxqError", "FxqWarning", "GraphPass", "LayerError",
+    "ANY", "CalibrationError", "Comparison", "ConfigError", "Dynamic", "DynamicReport", "WeightOnly", "FxqError", "FxqWarning", "GraphPass", "InputError", "LoadError", "LayerError",
     "NodeInfo", "NodeRow", "ObserverRow", "PassContext", "PassError", "PassManager", "PassOrderError", "Pattern",
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",

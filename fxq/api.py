@@ -21,6 +21,7 @@ from fxq.capture import capture as capture_model
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
+from fxq.input_guard import GuardedGraphModule, guard, input_records
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
 from fxq.tracing import TRACE_OPTIONS_KEY
@@ -80,20 +81,41 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     ``inplace`` (which saves copying it: for callers that no longer need it).
 
     Raises:
-        ConfigError: ``prepared`` did not come from ``fxq.prepare``.
+        ConfigError: ``prepared`` did not come from ``fxq.prepare``, or is converted already.
         CalibrationError: an observer saw no data (run calibration batches through ``prepared`` first).
     """
-    if not isinstance(prepared, GraphModule) or "observed" not in properties_of(prepared):
-        raise ConfigError("convert() takes the model returned by fxq.prepare() after calibration; got "
-                          f"{type(prepared).__name__}")
+    _check_convertible(prepared)
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
     with paused_gc():
         gm = prepared if inplace else copy_graph_module(prepared, share=observers)
+        inputs = input_records(gm)
+        guard(gm, inputs)  # before the passes, whose final recompile then installs the guarded forward
         ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
         result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
+    if not isinstance(converted, GuardedGraphModule):  # a pass returned a new module
+        guard(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
     return _eval_mode(converted)
+
+
+def _check_convertible(prepared) -> None:
+    """Refuse, with the fix, what convert cannot lower: anything but a calibrated model from fxq.prepare."""
+    what = type(prepared).__name__
+    if not isinstance(prepared, nn.Module):
+        raise ConfigError(f"convert() takes the model returned by fxq.prepare() after calibration; got a {what}")
+    if not isinstance(prepared, GraphModule):
+        raise ConfigError(f"convert() takes the model returned by fxq.prepare() after calibration; got a {what}, a "
+                          "plain nn.Module: call fxq.prepare(model, qconfig_mapping, example_inputs), run "
+                          "calibration data through the result, then convert that (or use fxq.quantize)")
+    properties = properties_of(prepared)
+    if "lowered" in properties or isinstance(prepared, GuardedGraphModule):
+        raise ConfigError("convert() got a model that is already converted (it holds quantized ops, not "
+                          "observers): use it as it is, or convert the model fxq.prepare() returned")
+    if "observed" not in properties:
+        raise ConfigError("convert() got a torch.fx GraphModule that fxq.prepare() did not produce (it has no "
+                          "observers, or lost fxq's records through torch.save or copy.copy): prepare the float "
+                          "model with fxq.prepare(), and keep prepared models with fxq.save or copy.deepcopy")
 
 
 def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str = "x86",

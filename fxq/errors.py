@@ -31,5 +31,15 @@ class PassError(FxqError):
     """A pass failed while running; the message names the pass, the node and the passes before it."""
 
 
+class InputError(FxqError):
+    """A converted model was called with inputs it cannot take: the wrong number of arguments, or a tensor of
+    another dtype, rank, device or size than the example inputs given to prepare. The original error is chained."""
+
+
+class LoadError(ConfigError):
+    """``fxq.load`` got a missing, damaged or foreign file. A ConfigError, as the refusals of plain torch.save files
+    and newer formats always were, so existing handlers keep catching them."""
+
+
 class FxqWarning(UserWarning):
     """A warning about something fxq did on the user's behalf (e.g. evaluating a training-mode model)."""

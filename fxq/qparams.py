@@ -40,6 +40,9 @@ def qrange(dtype: torch.dtype, quant_min: int | None = None, quant_max: int | No
     if (quant_min is None) != (quant_max is None):
         raise ConfigError(f"give both quant_min and quant_max, or neither; got quant_min={quant_min}, "
                           f"quant_max={quant_max}")
+    if quant_min is not None and not all(isinstance(q, int) and not isinstance(q, bool) for q in (quant_min, quant_max)):
+        raise ConfigError(f"quant_min and quant_max are integer levels; got quant_min={quant_min!r}, "
+                          f"quant_max={quant_max!r}")
     if quant_min is None:
         return _REDUCED_RANGE.get(dtype, _FULL_RANGE[dtype]) if reduce_range else _FULL_RANGE[dtype]
     low, high = _FULL_RANGE[dtype]
@@ -58,6 +61,19 @@ def qrange(dtype: torch.dtype, quant_min: int | None = None, quant_max: int | No
                               "level; widen the range or drop reduce_range")
         quant_min, quant_max = halved
     return quant_min, quant_max
+
+
+def check_symmetric_range(dtype: torch.dtype, qmin: int, qmax: int) -> None:
+    """A symmetric scheme on a signed dtype fixes the zero point at 0, so its range must be balanced around 0
+    (``[-128, 127]``, ``[-127, 127]``): ``[0, 127]`` would lose every negative value and half the positive levels.
+
+    Raises:
+        ConfigError: an unbalanced signed range.
+    """
+    if dtype in (torch.qint8, torch.qint32) and abs(qmin + qmax) > 1:
+        raise ConfigError(f"a symmetric {dtype} scheme puts zero at level 0, so its range must be balanced around "
+                          f"0; got [{qmin}, {qmax}]. Use a range such as [{-max(abs(qmin), abs(qmax))}, "
+                          f"{max(abs(qmin), abs(qmax))}], or symmetric=False")
 
 
 def compute_qparams(min_val: torch.Tensor, max_val: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype,

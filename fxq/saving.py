@@ -20,11 +20,14 @@ from torch.fx import GraphModule
 
 from fxq.annotation import META_KEY
 from fxq.api import RECORDS_KEY
-from fxq.errors import ConfigError
+from fxq.errors import ConfigError, LoadError
+from fxq.graph_pass import properties_of
+from fxq.input_guard import GuardedGraphModule, first_sentence, guard, input_records
 from fxq.shapes import VALUE_KEY
 
 FORMAT, VERSION = "fxq-model", 1
 _NODE_KEYS = (META_KEY, VALUE_KEY)
+_PAYLOAD_KEYS = ("module", "nodes", "meta")
 
 
 def save(gm: GraphModule, path: str | os.PathLike) -> None:
@@ -46,29 +49,54 @@ def load(path: str | os.PathLike) -> GraphModule:
     """The model ``fxq.save`` wrote to ``path``, annotations included.
 
     Raises:
-        ConfigError: the file was not written by ``fxq.save`` (a plain ``torch.save`` lost the annotations), or
-            by a newer fxq.
+        LoadError (a ConfigError): no file at ``path``; a file that is damaged (truncated, overwritten) or is not
+            an fxq model; one written by plain ``torch.save`` (which lost the annotations) or by a newer fxq. The
+            exception ``torch.load`` raised is chained.
     """
-    payload = torch.load(path, weights_only=False)
+    name = os.fspath(path)
+    payload = _read(name)
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
-        raise ConfigError(f"{os.fspath(path)!r} was not written by fxq.save (a model saved with torch.save has lost "
-                          "fxq's annotations: save it with fxq.save(model, path))")
-    if payload["version"] > VERSION:
-        raise ConfigError(f"{os.fspath(path)!r} was written by a newer fxq (format version {payload['version']}; "
-                          f"this one reads {VERSION}); upgrade fxq")
+        raise LoadError(f"{name!r} was not written by fxq.save (a model saved with torch.save has lost fxq's "
+                        "annotations: save it with fxq.save(model, path))")
+    if payload.get("version", 0) > VERSION:
+        raise LoadError(f"{name!r} was written by a newer fxq (format version {payload['version']}; this one reads "
+                        f"{VERSION}); upgrade fxq")
+    missing = [key for key in _PAYLOAD_KEYS if key not in payload]
+    if missing or not isinstance(payload["module"], GraphModule):
+        raise LoadError(f"{name!r} is damaged: its fxq payload lacks {missing or ['a GraphModule']}; save the model "
+                        "again with fxq.save")
     gm: GraphModule = payload["module"]
-    loaded, saved = list(gm.graph.nodes), payload["nodes"]
+    _restore_annotations(name, gm, payload["nodes"])
+    gm.meta.update(payload["meta"])
+    if "lowered" in properties_of(gm) and not isinstance(gm, GuardedGraphModule):  # saved before the guard existed
+        guard(gm, input_records(gm)).recompile()
+    return gm
+
+
+def _read(name: str):
+    """``torch.load`` of ``name``, every failure a LoadError naming the file and chaining the cause."""
+    try:
+        return torch.load(name, weights_only=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:  # (a truncated zip is an OSError too)
+        raise LoadError(f"fxq.load cannot read {name!r} ({err.strerror or err}); check the path") from err
+    except Exception as err:
+        cause = f"{type(err).__name__}: {first_sentence(err)}"
+        raise LoadError(f"{name!r} is damaged or is not a file fxq.save wrote: torch.load failed ({cause}); "
+                        "save the model again with fxq.save (and check that the copy was complete)") from err
+
+
+def _restore_annotations(name: str, gm: GraphModule, saved: list) -> None:
+    """Put the saved node records back on the re-traced nodes, checking that each is the same op."""
+    loaded = list(gm.graph.nodes)
     mismatch = next((f"node {i}: saved {op} {target}, loaded {node.op} {_target(node)}"
                      for i, (node, (op, target, _)) in enumerate(zip(loaded, saved, strict=False))
                      if (op, target) != (node.op, _target(node))), None)
     if mismatch or len(loaded) != len(saved):
-        raise ConfigError(f"{os.fspath(path)!r}: the loaded graph differs from the saved one "
-                          f"({mismatch or f'{len(saved)} nodes saved, {len(loaded)} loaded'}); the file is damaged, "
-                          "or this torch re-traces the model differently")
+        raise LoadError(f"{name!r}: the loaded graph differs from the saved one "
+                        f"({mismatch or f'{len(saved)} nodes saved, {len(loaded)} loaded'}); the file is damaged, "
+                        "or this torch re-traces the model differently")
     for node, (_, _, meta) in zip(loaded, saved, strict=True):
         node.meta.update(meta)
-    gm.meta.update(payload["meta"])
-    return gm
 
 
 def _target(node) -> str:

@@ -7,13 +7,14 @@ pass that inserts it), so every error it raises can say where the bad data came 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
 from fxq.errors import CalibrationError, ConfigError
-from fxq.qparams import FLOAT32_EPS, compute_qparams, qrange
+from fxq.qparams import FLOAT32_EPS, check_symmetric_range, compute_qparams, qrange
 
 
 class ObserverFactory:
@@ -22,6 +23,7 @@ class ObserverFactory:
 
     def __init__(self, cls: type[Observer], kwargs: dict[str, Any]) -> None:
         self.cls, self.kwargs = cls, dict(kwargs)
+        _check_arguments(cls, self.kwargs)
 
     def __call__(self, **more: Any) -> Observer:
         return self.cls(**{**self.kwargs, **more})
@@ -38,6 +40,55 @@ class ObserverFactory:
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={_short(value)}" for key, value in sorted(self.kwargs.items()))
         return f"{self.cls.__name__}.with_args({args})"
+
+
+def _check_arguments(cls: type[Observer], kwargs: dict[str, Any]) -> None:
+    """Fail where the factory is written, not when prepare or convert first builds an observer: unknown options
+    (with fxq's spelling of torch.ao's), and, once every required option is given, any setting the observer
+    refuses (it is built once, here, to ask it)."""
+    parameters = _parameters(cls)
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}.with_args got {', '.join(unknown)}, which {cls.__name__} does not take"
+                          f"{_torch_ao_hint(cls, kwargs)}; it takes {', '.join(sorted(parameters))}")
+    if all(name in kwargs for name, required in parameters.items() if required):
+        try:
+            cls(**kwargs)
+        except ConfigError as err:
+            settings = ", ".join(f"{key}={_short(value)}" for key, value in sorted(kwargs.items()))
+            raise ConfigError(f"{cls.__name__}.with_args({settings}): {err}") from err
+
+
+def _parameters(cls: type[Observer]) -> dict[str, bool]:
+    """Keyword name -> required, over the ``__init__`` of ``cls`` and of the classes it passes ``**kwargs`` on to."""
+    parameters: dict[str, bool] = {}
+    for klass in cls.__mro__:
+        if klass is nn.Module:
+            break
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(vars(klass)["__init__"])
+        for name, parameter in signature.parameters.items():
+            if name != "self" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                parameters.setdefault(name, parameter.default is parameter.empty)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    return parameters
+
+
+def _torch_ao_hint(cls: type[Observer], kwargs: dict[str, Any]) -> str:
+    """fxq's spelling of torch.ao's ``qscheme`` (a flag plus, for per-channel schemes, another class)."""
+    scheme = kwargs.get("qscheme")
+    if scheme is None:
+        return ""
+    symmetric = scheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+    per_channel = scheme in (torch.per_channel_affine, torch.per_channel_symmetric)
+    name = cls.__name__
+    if per_channel and not getattr(cls, "per_channel", False):
+        name = "MovingAveragePerChannelMinMaxObserver" if "MovingAverage" in name else "PerChannelMinMaxObserver"
+    if not per_channel and getattr(cls, "per_channel", False):
+        name = "MovingAverageMinMaxObserver" if "MovingAverage" in name else "MinMaxObserver"
+    return f" (qscheme is torch.ao's spelling: fxq's is {name}.with_args(symmetric={symmetric}, ...))"
 
 
 def _short(value: Any) -> str:
@@ -74,8 +125,13 @@ class Observer(nn.Module):
         if symmetric and dtype == torch.quint4x2:
             raise ConfigError("symmetric quint4x2 fixes the zero point at 0 and loses every negative value; "
                               "use affine")
+        if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
+            raise ConfigError(f"eps is the smallest scale an observer may give and must be a positive number; got "
+                              f"eps={eps!r}")
         self.dtype, self.symmetric, self.reduce_range, self.eps = dtype, symmetric, reduce_range, eps
         self.quant_min, self.quant_max = qrange(dtype, quant_min, quant_max, reduce_range)
+        if symmetric:
+            check_symmetric_range(dtype, self.quant_min, self.quant_max)
         self.node_name = "<unnamed>"
 
     @classmethod

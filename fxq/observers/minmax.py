@@ -84,6 +84,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 
     def __init__(self, averaging_constant: float = 0.01, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not (isinstance(averaging_constant, (int, float)) and 0 < averaging_constant <= 1):
+            raise ConfigError(f"averaging_constant is the weight of each new batch and must be in (0, 1]; got "
+                              f"{averaging_constant!r}")
         self.averaging_constant = averaging_constant
 
     def _combine(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +108,8 @@ class _PerChannel:
 
     def __init__(self, ch_axis: int = 0, dtype: torch.dtype = torch.qint8, symmetric: bool = True,
                  **kwargs: Any) -> None:
+        if not isinstance(ch_axis, int) or isinstance(ch_axis, bool):
+            raise ConfigError(f"ch_axis is the index of the channel dimension and must be an int; got {ch_axis!r}")
         super().__init__(dtype=dtype, symmetric=symmetric, **kwargs)
         self.ch_axis = ch_axis
         self.min_val, self.max_val = torch.empty(0), torch.empty(0)  # sized by the first batch
@@ -112,7 +117,8 @@ class _PerChannel:
     def _reduce(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not -x.dim() <= self.ch_axis < x.dim():
             raise ConfigError(f"observer of node {self.node_name!r} has ch_axis={self.ch_axis}, but the "
-                              f"tensor it watches has shape {tuple(x.shape)}")
+                              f"tensor it watches has shape {tuple(x.shape)}: give the observer a ch_axis in "
+                              f"[{-x.dim()}, {x.dim() - 1}], the dimension that holds the channels")
         channels = x.movedim(self.ch_axis, 0).reshape(x.shape[self.ch_axis], -1)
         low, high = torch.aminmax(channels, dim=1)
         return low.float(), high.float()
