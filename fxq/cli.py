@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
     bench.add_argument("--dynamic", action="store_true", help="fp32 vs dynamic int8 on BERT-base and MiniLM")
+    bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
+    bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
+    bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")
     dump = commands.add_parser("dump", help="what every node became at a pipeline stage, and why")
     from fxq.tools.dump import add_arguments
 
@@ -48,6 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from fxq.tools.bench import run_bench, run_compile_bench, run_dump_bench, run_dynamic_bench
 
+        if args.fuzz is not None:
+            from fxq.tools.fuzz import run_fuzz
+
+            return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed)
         if args.dynamic:
             return run_dynamic_bench(threads=args.threads, rounds=args.rounds)
         if args.dump:

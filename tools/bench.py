@@ -87,6 +87,17 @@ def _hf_bert_case() -> Case:
     return Case("HF BertModel seq 128 (capture=auto)", build, batches(4, 1), batches(2, 2), capture="auto")
 
 
+def cpu_flags_line() -> str:
+    """The int8-relevant ISA flags of this CPU: x86 kernels and their numerics differ with VNNI and AVX-512."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return "cpu flags: unknown (no /proc/cpuinfo)"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+    return "cpu flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
+
+
 def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
