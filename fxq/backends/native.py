@@ -8,6 +8,7 @@ What no rule matches stays as reference ``dequantize -> float op -> quantize``, 
 
 from __future__ import annotations
 
+import functools
 from operator import attrgetter
 
 import torch
@@ -142,8 +143,29 @@ def binary(rw: Rewriter, q: Node, op: Node, a: Node, b: Node) -> Node | Declined
     if op.kwargs or len(op.args) != 2:
         return Declined(f"{op.name} has extra arguments; only a plain binary op lowers")
     scale, zero_point = _output_qparams(q)
+    problem = _qnnpack_add_refuses(info(op).concept, (_qparams_of(a.args[0]), _qparams_of(b.args[0])), scale)
+    if problem:
+        return Declined(f"{op.name}: {problem}")
     kernel = _BINARY[info(op).concept]
     return _kernel_call(rw, q, op, kernel, (a.args[0], b.args[0], scale, zero_point))
+
+
+# qnnpack's int8 add refuses input/output scale ratios outside [2**-14, 2**8) (it fails to create the operator
+# at run time); an input that is all but constant has a tiny scale and falls below.
+QNNPACK_ADD_SCALE_RATIO = (2.0 ** -14, 2.0 ** 8)
+
+
+def _qnnpack_add_refuses(concept: str, inputs: tuple, output_scale: float) -> str | None:
+    """Why qnnpack's add cannot take these qparams, or None (other engines and ops have no such limit)."""
+    if torch.backends.quantized.engine != "qnnpack" or not concept.startswith("add"):
+        return None
+    low, high = QNNPACK_ADD_SCALE_RATIO
+    for qparams in inputs:
+        ratio = qparams[0] / output_scale if qparams else None
+        if ratio is not None and not low <= ratio < high:
+            return (f"qnnpack's int8 add takes input/output scale ratios in [2**-14, 2**8), here {ratio:.3g}; "
+                    "it stays a reference island")
+    return None
 
 
 def concatenate(rw: Rewriter, q: Node, op: Node) -> Node | Declined:
@@ -303,7 +325,21 @@ def _qparams_of(node: Node) -> tuple[float, int] | None:
 
 def _rule(concept: str, rewrite, comment: str, inputs: int = 1) -> Rule:
     inner = tuple(_dq(name) for name in (["x"] if inputs == 1 else ["a", "b"])) if inputs else ()
-    return Rule(Pattern("quantize", (Pattern(concept, inner, name="op"),), name="q"), rewrite, comment)
+    return Rule(Pattern("quantize", (Pattern(concept, inner, name="op"),), name="q"), _unless_float(rewrite), comment)
+
+
+def _unless_float(rewrite):
+    """``rewrite``, declining ops that insert-observers left float. Such an op still sits between a dequantize and
+    a quantize when its neighbours are quantized, and with equal qparams on both sides it would otherwise run
+    int8 against the backend's table (qnnpack's relu6: 5 dB) or the user's ``None`` rule."""
+
+    @functools.wraps(rewrite)
+    def unless_float(rw: Rewriter, op: Node, **captures) -> Node | Declined:
+        if info(op).lowered_to == "float":
+            return Declined(f"{op.name} stays float: {info(op).float_reason or 'it was not observed'}")
+        return rewrite(rw, op=op, **captures)
+
+    return unless_float
 
 
 NATIVE_RULES = (

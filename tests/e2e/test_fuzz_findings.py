@@ -6,9 +6,11 @@ against float above a floor, and the same output on every call (some kernels wer
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fxq
+from fxq.nn.quantized.engine import using_engine
 from tests.models import sqnr
 
 BACKENDS = ("reference", "x86", "qnnpack")
@@ -123,3 +125,58 @@ def test_view_on_a_channels_last_int8_value_becomes_reshape():
     quantized = fxq.quantize(ViewFlatten().eval(), calibration[0], calibration, backend="x86")
     methods = [n.target for n in quantized.graph.nodes if n.op == "call_method"]
     assert "view" not in methods and "reshape" in methods
+
+
+class GatedReLU6(nn.Module):
+    """A batch norm whose output range equals what a ReLU6 passes: the ReLU6 sat between a dequantize and a
+    quantize with equal qparams, and qnnpack lowered it to its int8 clamp, which its table excludes (5 dB)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(12)
+        self.act = nn.ReLU6()
+        with torch.no_grad():
+            self.bn.running_mean.normal_(0, 0.3)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return F.leaky_relu(self.act(self.bn(torch.sigmoid(x))), 0.2)
+
+
+def test_an_op_the_table_leaves_float_stays_float_between_quantized_neighbours():
+    torch.manual_seed(0)
+    model = GatedReLU6().eval()
+    calibration = [(torch.rand(4, 12, 12, 16),) for _ in range(8)]
+    with using_engine("qnnpack"):
+        quantized = fxq.quantize(model, calibration[0], calibration, backend="qnnpack")
+        x = torch.rand(4, 12, 12, 16)
+        assert sqnr(model(x), quantized(x)) > 30
+    relu6 = next(n for n in quantized.graph.nodes if fxq.info(n).concept == "relu6")
+    assert fxq.info(relu6).lowered_to == "float"
+    declined = [reason for n in quantized.graph.nodes for _, reason in fxq.info(n).declined]
+    assert any(reason.startswith(f"{relu6.name} stays float: backend 'qnnpack'") for reason in declined), declined
+
+
+class SelfAdd(nn.Module):
+    """An add of a value that is all but zero: its scale is eps, and qnnpack's add refuses the scale ratio."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        v = self.norm(x).mean((2, 3), keepdim=True)
+        return v.add(v)
+
+
+def test_qnnpack_add_outside_its_scale_ratios_stays_a_reference_island():
+    torch.manual_seed(0)
+    calibration = [(torch.randn(2, 8, 8, 8),) for _ in range(4)]
+    with using_engine("qnnpack"):
+        quantized = fxq.quantize(SelfAdd().eval(), calibration[0], calibration, backend="qnnpack")
+        out = quantized(calibration[0][0])
+    assert torch.isfinite(out).all()
+    add = next(n for n in quantized.graph.nodes if fxq.info(n).concept == "add")
+    assert fxq.info(add).lowered_to == "reference:add"
+    declined = [reason for n in quantized.graph.nodes for _, reason in fxq.info(n).declined]
+    assert any("scale ratios in [2**-14, 2**8)" in reason for reason in declined), declined
