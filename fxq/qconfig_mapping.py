@@ -283,27 +283,10 @@ def with_suggestion(path: str, names: set[str]) -> str:
     return f"{path!r} (did you mean {' or '.join(map(repr, close))}?)" if close else repr(path)
 
 
-def _fixed_range_rules(mapping: QConfigMapping) -> QConfigMapping:
-    """sigmoid and hardsigmoid outputs lie in [0, 1] and tanh's in [-1, 1] whatever the data, so they get fixed
-    qparams, in module, function and method forms (normalization has already made in-place forms out of place;
-    tensors have no hardsigmoid method). Softmax is observed like any op (see the reference backend's table)."""
-    import torch.nn.functional as F
-
-    from fxq.observers import SIGMOID_QPARAMS, TANH_QPARAMS
-
-    unit = QConfig(activation=SIGMOID_QPARAMS, weight=None)
-    signed = QConfig(activation=TANH_QPARAMS, weight=None)
-    for op in (nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Hardsigmoid, F.hardsigmoid):
-        mapping.set_object_type(op, unit)
-    for op in (nn.Tanh, torch.tanh, F.tanh, "tanh"):
-        mapping.set_object_type(op, signed)
-    return mapping
-
-
 def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
     """The default static-quantization mapping for ``backend`` ("x86" or "fbgemm", "qnnpack", "reference").
 
-    Global: ``get_default_qconfig(backend)``. Fixed qparams for sigmoid, hardsigmoid and tanh.
+    Global: ``get_default_qconfig(backend)``; bounded ops (sigmoid, softmax...) are observed like any op.
     ``nn.Embedding`` and ``nn.EmbeddingBag`` stay float: an index lookup has no float input to observe, and
     static activation quantization does not apply to it.
 
@@ -311,7 +294,6 @@ def get_default_qconfig_mapping(backend: str = "x86") -> QConfigMapping:
         ConfigError: an unknown backend.
     """
     mapping = QConfigMapping().set_global(get_default_qconfig(backend))
-    _fixed_range_rules(mapping)
     return mapping.set_object_type(nn.Embedding, None).set_object_type(nn.EmbeddingBag, None)
 
 

@@ -2,8 +2,8 @@
 
 Needs qconfigs assigned (and ``ctx.example_inputs``, to learn which values are float tensors). Afterwards each
 op that the backend can quantize and whose qconfig is not None has observers on its float tensor inputs and on
-its output: its own (``qconfig.activation``), the input's (ops such as maxpool that cannot widen the range) or a
-fixed-qparams one (sigmoid, softmax, ...). Shared and fixed-range ops whose input is float stay float. Each tensor has at most one observer however many users it has;
+its output: its own (``qconfig.activation``) or the input's (ops such as maxpool that cannot widen the range).
+Shared ops whose input is float stay float. Each tensor has at most one observer however many users it has;
 integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
 """
 
@@ -19,7 +19,7 @@ from torch.fx import GraphModule, Node
 from fxq.annotation import info, leave_float
 from fxq.backends import Observation, OpSupport, get_backend
 from fxq.graph_pass import GraphPass, PassContext
-from fxq.observers import FixedQParamsObserver, Observer
+from fxq.observers import Observer
 from fxq.pass_registry import register_pass
 from fxq.rewriter import Rewriter
 from fxq.shapes import EXTREME, VALUE_KEY, float_tensors_in, holds_extremes, is_float_tensor, propagate
@@ -84,12 +84,9 @@ class _Placement:
         if not is_float_tensor(node):
             leave_float(node, "its output is not a float tensor")
             return
-        if support.observation is Observation.FIXED and node.args and node.args[0] not in self.quantized:
-            leave_float(node, "its input is float; quantizing it only for a fixed-range op adds error for nothing")
-            return
         for index, arg in enumerate(_activation_inputs(node, support)):
             self._observe_input(node, index, arg)
-        self._observe_output(node, self._new_observer(node, support))
+        self._observe_output(node, self._add_observer(node, record.qconfig.activation()))
 
     def _dynamic(self, node: Node) -> None:
         """Dynamic ops quantize their input at run time: nothing to observe; ``lower`` swaps the module."""
@@ -115,14 +112,6 @@ class _Placement:
             info(node).observers["output"] = observer
         else:
             leave_float(node, "its output is not a float tensor")
-
-    def _new_observer(self, node: Node, support: OpSupport) -> str:
-        if support.observation is Observation.FIXED:
-            fixed = support.fixed
-            observer = FixedQParamsObserver(scale=fixed.scale, zero_point=fixed.zero_point, dtype=fixed.dtype)
-        else:
-            observer = info(node).qconfig.activation()
-        return self._add_observer(node, observer)
 
     def _add_observer(self, node: Node, observer: nn.Module) -> str:
         if not isinstance(observer, Observer):

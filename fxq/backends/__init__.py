@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fxq.backends.qnnpack import QNNPACK
 from fxq.backends.reference import REFERENCE
-from fxq.backends.table import Backend, FixedQParams, Observation, OpSupport
+from fxq.backends.table import Backend, Observation, OpSupport
 from fxq.backends.x86 import X86
 from fxq.errors import ConfigError
 
@@ -29,4 +29,4 @@ def get_backend(name: str | Backend) -> Backend:
     return _BACKENDS[key]
 
 
-__all__ = ["Backend", "FixedQParams", "Observation", "OpSupport", "get_backend", "register_backend"]
+__all__ = ["Backend", "Observation", "OpSupport", "get_backend", "register_backend"]

@@ -199,17 +199,22 @@ def _view_as_reshape(op: Node) -> None:
         op.target = torch.ops.aten.reshape.default
 
 
-# What torch's int8 sigmoid-like kernels produce for quint8 (they take no output qparams): [0, 1) and [-1, 1).
+# The only quint8 output qparams some int8 kernels make: tanh and hardsigmoid take none ([-1, 1) and [0, 1)),
+# and qnnpack's sigmoid refuses any scale but 1/256. Such ops lower only when a mapping fixed these qparams.
 _KERNEL_FIXED_QPARAMS = {"tanh": (2.0 / 256.0, 128), "hardsigmoid": (1.0 / 256.0, 0)}
+_QNNPACK_FIXED_QPARAMS = {"sigmoid": (1.0 / 256.0, 0)}
 
 
 def activation(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     """dequantize -> activation -> quantize  =>  its int8 kernel, producing the output qparams."""
     concept, source = info(op).concept, x.args[0]
     scale, zero_point = _output_qparams(q)
+    fixed = _KERNEL_FIXED_QPARAMS.get(concept)
+    if fixed is None and torch.backends.quantized.engine == "qnnpack":
+        fixed = _QNNPACK_FIXED_QPARAMS.get(concept)
+    if fixed is not None and ((scale, zero_point) != fixed or q.args[3] != torch.quint8):
+        return Declined(f"{op.name}'s output qparams are not the fixed quint8 ones torch's int8 {concept} makes")
     if concept in _KERNEL_FIXED_QPARAMS:
-        if (scale, zero_point) != _KERNEL_FIXED_QPARAMS[concept] or q.args[3] != torch.quint8:
-            return Declined(f"{op.name}'s output qparams are not the fixed quint8 ones torch's int8 {concept} makes")
         kernel = torch.tanh if concept == "tanh" else torch.nn.functional.hardsigmoid
         return _kernel_call(rw, q, op, kernel, (source,))
     if concept == "softmax":

@@ -2,9 +2,10 @@
 dtypes it accepts. Passes consult the table; they never name a backend.
 
 Observation kinds:
-- OWN: the op's output gets its own observer and qparams (linear, conv, add, ...).
+- OWN: the op's output gets its own observer and qparams (linear, conv, add, sigmoid, ...).
 - SHARED: the output reuses the input's qparams because the op cannot widen the range (maxpool, flatten...).
-- FIXED: the output range is known in advance (sigmoid lies in [0, 1]), so its qparams are fixed.
+(There is no "fixed qparams" kind: a bounded op's bound is only an upper limit of its observed range; see the
+reference table. A mapping may still give an op a ``FixedQParamsObserver``.)
 """
 
 from __future__ import annotations
@@ -21,16 +22,6 @@ from fxq.errors import ConfigError
 class Observation(enum.Enum):
     OWN = "own qparams"
     SHARED = "shares its input's qparams"
-    FIXED = "fixed qparams"
-
-
-@dataclass(frozen=True)
-class FixedQParams:
-    """The qparams of an op whose output range is known: scale, zero point, dtype."""
-
-    scale: float
-    zero_point: int
-    dtype: torch.dtype = torch.quint8
 
 
 @dataclass(frozen=True)
@@ -42,7 +33,6 @@ class OpSupport:
         observation: how the output's qparams are found.
         weighted: the op has a weight that lowering quantizes with ``qconfig.weight``.
         weight_arg: for the functional form, which positional argument is the weight.
-        fixed: the qparams for FIXED ops.
         activation_dtypes / weight_dtypes: the dtypes the backend's kernel accepts.
         per_tensor_weight: why the kernel needs a per-tensor weight (lowering then quantizes the weight per
             tensor even if the qconfig asks per channel, and records this reason); None if per channel is fine.
@@ -52,7 +42,6 @@ class OpSupport:
     observation: Observation = Observation.OWN
     weighted: bool = False
     weight_arg: int | None = None
-    fixed: FixedQParams | None = None
     activation_dtypes: frozenset[torch.dtype] = frozenset({torch.quint8, torch.qint8})
     weight_dtypes: frozenset[torch.dtype] = frozenset({torch.qint8})
     per_tensor_weight: str | None = None

@@ -136,7 +136,8 @@ def test_every_op_of_the_2d_decoder_runs_an_int8_kernel():
     assert lowered["leaky_relu"] == "quantized.leaky_relu"
     assert lowered["elu"] == "quantized.elu"
     assert lowered["batch_norm"] == "quantized.batch_norm2d"
-    assert lowered["hardsigmoid"] == "quantized.hardsigmoid"
+    # observed by default, and torch's int8 hardsigmoid only makes [0, 1) qparams: a reference island
+    assert lowered["hardsigmoid"] == "reference:hardsigmoid"
     assert lowered["conv_transpose2d"] == "QuantizedConv"
     modules = dict(native.named_modules())
     functional = [n for n in native.graph.nodes if n.op == "call_module" and info(n).concept in ("linear", "conv2d")
@@ -144,6 +145,32 @@ def test_every_op_of_the_2d_decoder_runs_an_int8_kernel():
     assert {type(modules[n.target]) for n in functional} == {QuantizedConv, QuantizedLinear}
     floats = [n.name for n in native.graph.nodes if info(n).lowered_to == "float"]
     assert floats == [], floats
+
+
+def test_bounded_ops_given_fixed_qparams_run_their_int8_kernels():
+    """torch.ao's default fixes sigmoid/hardsigmoid/tanh qparams to their bound; that form lowers to the kernels."""
+    from fxq.observers import SIGMOID_QPARAMS, TANH_QPARAMS
+
+    class Gates(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x) * F.hardsigmoid(x) + torch.sigmoid(x)
+
+    unit, signed = fxq.QConfig(activation=SIGMOID_QPARAMS, weight=None), fxq.QConfig(activation=TANH_QPARAMS,
+                                                                                          weight=None)
+    mapping = fxq.get_default_qconfig_mapping("x86").set_object_type(F.hardsigmoid, unit) \
+        .set_object_type(torch.sigmoid, unit).set_object_type(torch.tanh, signed)
+    calibration = [torch.randn(4, 8) * 3 for _ in range(4)]
+    converted = {}
+    for backend in ("x86", "x86-unlowered"):
+        prepared = fxq.prepare(Gates().eval(), mapping, (calibration[0],), backend=backend)
+        for x in calibration:
+            prepared(x)
+        converted[backend] = fxq.convert(prepared)
+    lowered = _lowered(converted["x86"])
+    assert (lowered["tanh"], lowered["hardsigmoid"], lowered["sigmoid"]) == ("quantized.tanh", "quantized.hardsigmoid",
+                                                                             "quantized.sigmoid")
+    x = torch.randn(4, 8) * 3
+    assert sqnr(converted["x86-unlowered"](x), converted["x86"](x)) > 30
 
 
 def test_transposed_conv_weight_is_per_tensor_on_x86_with_the_reason():

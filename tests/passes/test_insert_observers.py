@@ -49,12 +49,12 @@ def test_structure_own_shared_fixed():
     gm = _observed(Branchy(), torch.randn(2, 4))
     assert _sequence(gm) == [
         "obs:obs_x", "fc", "obs:obs_fc",
-        "sigmoid", "obs:obs_sigmoid",           # fixed qparams
+        "sigmoid", "obs:obs_sigmoid",           # own qparams: its bound is only an upper limit
         "flatten", "obs:obs_fc",                # shares fc's observer
         "unsqueeze", "obs:obs_fc", "pool", "obs:obs_fc",
         "mul", "obs:obs_mul",
     ]
-    assert isinstance(gm.get_submodule("obs_sigmoid"), FixedQParamsObserver)
+    assert not isinstance(gm.get_submodule("obs_sigmoid"), FixedQParamsObserver)
     assert info(next(n for n in gm.graph.nodes if n.name == "fc")).observers == {"input0": "obs_x",
                                                                                  "output": "obs_fc"}
 

@@ -1,0 +1,70 @@
+"""What plain 8-bit rounding allows on a fuzzed model: the fuzzer's yardstick for a low SQNR, independent of fxq.
+
+Random graphs can be hopeless for any 8-bit scheme: a tanh of products of tiny products, a normalization of a
+value that is constant up to 1e-3, the positive tail of a value whose range is all negative. ``int8_ceiling``
+runs the float model with every intermediate float value rounded to 256 levels of its own calibrated min/max
+range (zero included, as affine int8 needs) and every weight to 255 levels per output channel, all in float
+(``torch.fx.Interpreter`` over the float model; nothing of fxq's). A model on which even that falls below the
+floor is ill-conditioned for int8 and reported as such; below the floor with the ceiling above it is fxq's fault.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Interpreter, symbolic_trace
+
+from fxq.metrics import sqnr_db
+
+_OPS = ("call_module", "call_function", "call_method")
+
+
+class _Rounding(Interpreter):
+    """Records each op's output range (calibrating) or rounds each op's output to 8 bits of that range."""
+
+    def __init__(self, gm: GraphModule, ranges: dict[str, tuple[float, float]], calibrating: bool) -> None:
+        super().__init__(gm)
+        self.ranges, self.calibrating = ranges, calibrating
+
+    def run_node(self, n):
+        value = super().run_node(n)
+        if n.op not in _OPS or not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            return value
+        if self.calibrating:
+            low, high = self.ranges.get(n.name, (0.0, 0.0))
+            self.ranges[n.name] = (min(low, float(value.min())), max(high, float(value.max())))
+            return value
+        low, high = self.ranges.get(n.name, (0.0, 0.0))
+        scale = max((high - low) / 255, 1e-12)
+        zero_point = int(round(-low / scale))
+        return torch.fake_quantize_per_tensor_affine(value, scale, zero_point, 0, 255)
+
+
+def _round_weights(gm: GraphModule) -> None:
+    """Every parameter of two or more dimensions to 255 symmetric levels per output channel, in place."""
+    with torch.no_grad():
+        for parameter in gm.parameters():
+            if parameter.dim() >= 2:
+                flat = parameter.reshape(parameter.shape[0], -1)
+                scale = (flat.abs().amax(1) / 127).clamp_min(1e-12).reshape(-1, *[1] * (parameter.dim() - 1))
+                parameter.copy_((parameter / scale).round().clamp(-127, 127) * scale)
+
+
+def int8_ceiling(model: torch.nn.Module, calibration: list[tuple], evaluation: tuple) -> float | None:
+    """The worst output SQNR (dB) of plain 8-bit rounding, or None when no output has signal to measure."""
+    import copy
+
+    gm = symbolic_trace(copy.deepcopy(model).eval())
+    ranges: dict[str, tuple[float, float]] = {}
+    with torch.no_grad():
+        expected = _flat(gm(*evaluation))
+        for batch in calibration:
+            _Rounding(gm, ranges, calibrating=True).run(*batch)
+        _round_weights(gm)
+        rounded = _flat(_Rounding(gm, ranges, calibrating=False).run(*evaluation))
+    scores = [sqnr_db(e, r) for e, r in zip(expected, rounded, strict=True)
+              if e.numel() > 1 and e.std() > 1e-6 * (1 + e.abs().max())]
+    return min(scores) if scores else None
+
+
+def _flat(output) -> list[torch.Tensor]:
+    return list(output) if isinstance(output, (tuple, list)) else [output]
