@@ -3,7 +3,8 @@
 Random graphs can be hopeless for any 8-bit scheme: a tanh of products of tiny products, a normalization of a
 value that is constant up to 1e-3, the positive tail of a value whose range is all negative. ``int8_ceiling``
 runs the float model with every intermediate float value rounded to 256 levels of its own calibrated min/max
-range (zero included, as affine int8 needs) and every weight to 255 levels per output channel, all in float
+range (zero included, as affine int8 needs) and every weight to 255 levels per output channel (127 on x86,
+whose kernels need 7-bit weights on CPUs without VNNI), all in float
 (``torch.fx.Interpreter`` over the float model; nothing of fxq's). A model on which even that falls below the
 floor is ill-conditioned for int8 and reported as such; below the floor with the ceiling above it is fxq's fault.
 """
@@ -39,18 +40,22 @@ class _Rounding(Interpreter):
         return torch.fake_quantize_per_tensor_affine(value, scale, zero_point, 0, 255)
 
 
-def _round_weights(gm: GraphModule) -> None:
-    """Every parameter of two or more dimensions to 255 symmetric levels per output channel, in place."""
+def _round_weights(gm: GraphModule, levels: int) -> None:
+    """Every parameter of two or more dimensions to ``2 * levels + 1`` symmetric levels per output channel."""
     with torch.no_grad():
         for parameter in gm.parameters():
             if parameter.dim() >= 2:
                 flat = parameter.reshape(parameter.shape[0], -1)
-                scale = (flat.abs().amax(1) / 127).clamp_min(1e-12).reshape(-1, *[1] * (parameter.dim() - 1))
-                parameter.copy_((parameter / scale).round().clamp(-127, 127) * scale)
+                scale = (flat.abs().amax(1) / levels).clamp_min(1e-12).reshape(-1, *[1] * (parameter.dim() - 1))
+                parameter.copy_((parameter / scale).round().clamp(-levels, levels) * scale)
 
 
-def int8_ceiling(model: torch.nn.Module, calibration: list[tuple], evaluation: tuple) -> float | None:
-    """The worst output SQNR (dB) of plain 8-bit rounding, or None when no output has signal to measure."""
+def int8_ceiling(model: torch.nn.Module, calibration: list[tuple], evaluation: tuple,
+                 weight_levels: int = 127) -> float | None:
+    """The worst output SQNR (dB) of plain 8-bit rounding, or None when no output has signal to measure.
+
+    ``weight_levels``: the largest weight level, 127 for 8-bit weights; 63 where the kernels need 7-bit weights
+    (fbgemm on CPUs without VNNI, fxq's x86 default)."""
     import copy
 
     gm = symbolic_trace(copy.deepcopy(model).eval())
@@ -59,7 +64,7 @@ def int8_ceiling(model: torch.nn.Module, calibration: list[tuple], evaluation: t
         expected = _flat(gm(*evaluation))
         for batch in calibration:
             _Rounding(gm, ranges, calibrating=True).run(*batch)
-        _round_weights(gm)
+        _round_weights(gm, weight_levels)
         rounded = _flat(_Rounding(gm, ranges, calibrating=False).run(*evaluation))
     scores = [sqnr_db(e, r) for e, r in zip(expected, rounded, strict=True)
               if e.numel() > 1 and e.std() > 1e-6 * (1 + e.abs().max())]

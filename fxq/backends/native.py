@@ -66,6 +66,9 @@ def weighted_module(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined
     if isinstance(made, Declined):
         return made
     native, keep_node = made
+    problem = _qnnpack_bias_overflows(native, _qparams_of(x.args[0]))
+    if problem:
+        return Declined(f"{op.name}: {problem}")
     if keep_node:
         rw.set_module(op.target, native)
         op.args, op.kwargs = (x.args[0],), {}
@@ -78,6 +81,22 @@ def weighted_module(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined
     _becomes(node, q, op)
     info(node).lowered_to = type(native).__name__ + ("+relu" if native.relu else "")
     return node
+
+
+def _qnnpack_bias_overflows(native: nn.Module, input_qparams) -> str | None:
+    """qnnpack adds the bias in int32 at scale input_scale * weight_scale; an input calibration saw as all but
+    constant has a tiny scale, the bias then overflows int32, and the kernel returns garbage (measured: 7 dB where
+    the reference graph has 47)."""
+    if torch.backends.quantized.engine != "qnnpack" or native.bias is None or input_qparams is None:
+        return None
+    weight = native.qweight
+    per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+    weight_scale = float(weight.q_per_channel_scales().min()) if per_channel else weight.q_scale()
+    largest = float(native.bias.abs().max()) / (input_qparams[0] * weight_scale)
+    if largest < 2.0 ** 31:
+        return None
+    return (f"qnnpack adds the bias in int32 at the input's scale {input_qparams[0]:.3g} times the weight's, where it "
+            "overflows; it stays a reference island")
 
 
 def _native_from_module(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool] | Declined:
@@ -143,27 +162,29 @@ def binary(rw: Rewriter, q: Node, op: Node, a: Node, b: Node) -> Node | Declined
     if op.kwargs or len(op.args) != 2:
         return Declined(f"{op.name} has extra arguments; only a plain binary op lowers")
     scale, zero_point = _output_qparams(q)
-    problem = _qnnpack_add_refuses(info(op).concept, (_qparams_of(a.args[0]), _qparams_of(b.args[0])), scale)
+    ratios_checked = info(op).concept.startswith("add")  # mul and matmul requantize a product instead
+    problem = ratios_checked and _qnnpack_refuses((_qparams_of(a.args[0]), _qparams_of(b.args[0])), scale)
     if problem:
         return Declined(f"{op.name}: {problem}")
     kernel = _BINARY[info(op).concept]
     return _kernel_call(rw, q, op, kernel, (a.args[0], b.args[0], scale, zero_point))
 
 
-# qnnpack's int8 add refuses input/output scale ratios outside [2**-14, 2**8) (it fails to create the operator
-# at run time); an input that is all but constant has a tiny scale and falls below.
-QNNPACK_ADD_SCALE_RATIO = (2.0 ** -14, 2.0 ** 8)
+# qnnpack's requantizing kernels (add, elu, leaky_relu, ...) take input/output scale ratios in [2**-14, 2**8) only:
+# add fails to create its operator outside, elu returns garbage (measured: 4.7 dB where the reference graph has 40).
+# A value calibration saw as all but constant has a tiny scale and falls outside.
+QNNPACK_SCALE_RATIO = (2.0 ** -14, 2.0 ** 8)
 
 
-def _qnnpack_add_refuses(concept: str, inputs: tuple, output_scale: float) -> str | None:
-    """Why qnnpack's add cannot take these qparams, or None (other engines and ops have no such limit)."""
-    if torch.backends.quantized.engine != "qnnpack" or not concept.startswith("add"):
+def _qnnpack_refuses(inputs: tuple, output_scale: float) -> str | None:
+    """Why qnnpack cannot requantize these inputs to ``output_scale``, or None (other engines have no limit)."""
+    if torch.backends.quantized.engine != "qnnpack":
         return None
-    low, high = QNNPACK_ADD_SCALE_RATIO
+    low, high = QNNPACK_SCALE_RATIO
     for qparams in inputs:
         ratio = qparams[0] / output_scale if qparams else None
         if ratio is not None and not low <= ratio < high:
-            return (f"qnnpack's int8 add takes input/output scale ratios in [2**-14, 2**8), here {ratio:.3g}; "
+            return (f"qnnpack's int8 kernels take input/output scale ratios in [2**-14, 2**8), here {ratio:.3g}; "
                     "it stays a reference island")
     return None
 
@@ -214,6 +235,9 @@ def activation(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
         fixed = _QNNPACK_FIXED_QPARAMS.get(concept)
     if fixed is not None and ((scale, zero_point) != fixed or q.args[3] != torch.quint8):
         return Declined(f"{op.name}'s output qparams are not the fixed quint8 ones torch's int8 {concept} makes")
+    problem = fixed is None and _qnnpack_refuses((_qparams_of(source),), scale)
+    if problem:
+        return Declined(f"{op.name}: {problem}")
     if concept in _KERNEL_FIXED_QPARAMS:
         kernel = torch.tanh if concept == "tanh" else torch.nn.functional.hardsigmoid
         return _kernel_call(rw, q, op, kernel, (source,))

@@ -180,3 +180,31 @@ def test_qnnpack_add_outside_its_scale_ratios_stays_a_reference_island():
     assert fxq.info(add).lowered_to == "reference:add"
     declined = [reason for n in quantized.graph.nodes for _, reason in fxq.info(n).declined]
     assert any("scale ratios in [2**-14, 2**8)" in reason for reason in declined), declined
+
+
+class PooledNorm(nn.Module):
+    """Instance norm -> global pool (exactly zero in float) -> ELU -> conv: calibration sees the ELU output as a
+    constant, its scale is eps, and qnnpack's int32 bias at eps times the weight scale overflowed (7 dB)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(16, affine=True)
+        self.act = nn.ELU()
+        self.conv = nn.Conv2d(16, 32, 1, groups=16)
+
+    def forward(self, x):
+        return self.conv(self.act(F.adaptive_avg_pool2d(self.norm(x), 1)))
+
+
+def test_qnnpack_conv_whose_bias_would_overflow_int32_stays_a_reference_island():
+    torch.manual_seed(0)
+    model = PooledNorm().eval()
+    calibration = [(torch.rand(3, 16, 6, 6),) for _ in range(8)]
+    with using_engine("qnnpack"):
+        quantized = fxq.quantize(model, calibration[0], calibration, backend="qnnpack")
+        x = torch.rand(3, 16, 6, 6)
+        assert sqnr(model(x), quantized(x)) > 30
+    conv = next(n for n in quantized.graph.nodes if fxq.info(n).concept == "conv2d")
+    assert fxq.info(conv).lowered_to == "reference:conv2d"
+    declined = [reason for n in quantized.graph.nodes for _, reason in fxq.info(n).declined]
+    assert any("overflows" in reason for reason in declined), declined
