@@ -77,6 +77,18 @@ class WideSoftmax(nn.Module):
         return torch.softmax(self.fc(x), dim=-1)
 
 
+class Shifted(nn.Module):
+    """A value far from zero ([-3, -2]) into a Linear: its int8 range must include zero, which costs two thirds
+    of the levels; the model must still be right (a rounding of it within the floor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(x) - 3.0)
+
+
 CASES = {
     "shared linear": (SharedLinear, [(4, 8)]),
     "siamese conv": (Siamese, [(4, 3, 8, 8), (4, 3, 8, 8)]),
@@ -86,6 +98,7 @@ CASES = {
     "transposed 2x2 8->16": (lambda: upsample(8, 16, 2), [(4, 8, 5, 5)]),
     "group norm 1x1": (pooled_group_norm, [(4, 16, 1, 1)]),
     "softmax over 512": (WideSoftmax, [(4, 16)]),
+    "input far from zero": (Shifted, [(4, 8)]),
 }
 
 
