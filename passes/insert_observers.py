@@ -143,15 +143,22 @@ class _Placement:
         info(consumer).observers[f"input{index}"] = self.quantized[existing]
 
 
+# A literal this large in forward is a mask fill (-10000.0 in BERT's original code and many since): an int8 range
+# covering it leaves ordinary scores (|s| < 40) in one step. Recorded values need EXTREME (1e6) to count, since
+# a uniform input in the thousands quantizes fine.
+MASK_CONSTANT = 1e4
+
+
 def _mask_carriers(gm: GraphModule) -> set[Node]:
-    """Nodes whose values come from a huge constant (|c| >= EXTREME, e.g. ``(1 - mask) * finfo.min``) or held
-    extreme values on the example inputs, and every op computed from them, up to a softmax (whose output is a
-    probability again). Seeding from constants catches masks whose example inputs had no padding."""
+    """Nodes whose values come from a mask constant (|c| >= MASK_CONSTANT, e.g. ``(1 - mask) * finfo.min`` or
+    the classic ``* -10000.0``) or held extreme values on the example inputs, and every op computed from them, up
+    to a softmax (whose output is a probability again). Seeding from constants catches masks whose example inputs
+    had no padding."""
     carriers: set[Node] = set()
     for node in gm.graph.nodes:
         if node.op not in _OPS:
             continue
-        huge_constant = any(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= EXTREME
+        huge_constant = any(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= MASK_CONSTANT
                             for v in _flat_args(node))
         from_carrier = not _absorbs_masks(node) and any(arg in carriers for arg in node.all_input_nodes)
         if huge_constant or from_carrier or holds_extremes(node):

@@ -14,14 +14,14 @@ from tests.models import sqnr
 class MaskedAttention(nn.Module):
     """Token ids and a 0/1 padding mask in; the mask becomes an additive (1 - mask) * finfo.min on the scores."""
 
-    def __init__(self, vocab=100, dim=32, sdpa=False):
+    def __init__(self, vocab=100, dim=32, sdpa=False, fill=torch.finfo(torch.float32).min):
         super().__init__()
-        self.embed, self.sdpa = nn.Embedding(vocab, dim), sdpa
+        self.embed, self.sdpa, self.fill = nn.Embedding(vocab, dim), sdpa, fill
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, ids, mask):
         x = self.embed(ids)
-        additive = (1.0 - mask[:, None, :].float()) * torch.finfo(torch.float32).min
+        additive = (1.0 - mask[:, None, :].float()) * self.fill
         q, k, v = self.q(x), self.k(x), self.v(x)
         if self.sdpa:
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=additive)
@@ -40,11 +40,12 @@ def _batch(padded, seed=0):
     return ids, mask
 
 
+@pytest.mark.parametrize("fill", [torch.finfo(torch.float32).min, -10000.0])  # -10000: the classic BERT mask
 @pytest.mark.parametrize("capture", ["fx", "export"])
 @pytest.mark.parametrize("sdpa", [False, True])
-def test_additive_mask_stays_float_even_when_the_example_has_no_padding(capture, sdpa):
+def test_additive_mask_stays_float_even_when_the_example_has_no_padding(capture, sdpa, fill):
     torch.manual_seed(0)
-    model = MaskedAttention(sdpa=sdpa).eval()
+    model = MaskedAttention(sdpa=sdpa, fill=fill).eval()
     prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), _batch(padded=False), backend="x86",
                            capture=capture)
     for seed in range(4):  # calibration does see padding
