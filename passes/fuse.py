@@ -1,7 +1,8 @@
 """fuse: merge conv/linear with the batch norm and ReLU after them, for inference.
 
-Needs a normalized graph (concepts named, no in-place ops) from a model in eval mode. Afterwards batch norms
-that follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
+Needs a normalized graph (concepts named, no in-place ops) from a model in eval mode, and the example inputs
+(a linear's batch norm folds only where the value is 2-d, known by running them). Afterwards batch norms that
+follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
 merged with it into one fused module (``fxq.nn.fused``), called at the first member's path; ``relu(a + b)``
 and ``relu(a * b)`` become one ``fxq.nn.functional`` call. Functional forms are left alone, with the reason
 recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
@@ -23,6 +24,7 @@ from fxq.nn.fused import fused_with_relu
 from fxq.pass_registry import register_pass
 from fxq.pattern import Pattern
 from fxq.rewriter import Declined, Rewriter, Rule
+from fxq.shapes import TensorInfo, propagate, value_of
 
 
 def conv_bn_relu(rw: Rewriter, op: Node, bn: Node, relu: Node) -> Node | Declined:
@@ -37,6 +39,9 @@ def conv_bn(rw: Rewriter, op: Node, bn: Node) -> Node | Declined:
     if problem:
         return Declined(problem)
     layer, norm = rw.modules[op.target], rw.modules[bn.target]
+    if isinstance(layer, nn.Linear) and _rank(op) != 2:
+        return Declined(f"{op.name}'s output has rank {_rank(op)}: a linear's features are its last dimension, and "
+                        f"{bn.name} normalises dimension 1, so folding would scale the wrong values")
     if norm.num_features != layer.weight.shape[0]:
         return Declined(f"{bn.name} normalises {norm.num_features} features but {op.name} has "
                         f"{layer.weight.shape[0]} outputs")
@@ -87,6 +92,11 @@ def _not_fusable(rw: Rewriter, op: Node, other: Node | None) -> str | None:
     return None
 
 
+def _rank(node: Node) -> int | None:
+    value = value_of(node)
+    return len(value.shape) if isinstance(value, TensorInfo) else None
+
+
 def _merge(rw: Rewriter, keep: Node, gone: Node) -> None:
     """``gone``'s value is now computed by ``keep``: rewire its users and record the group on ``keep``."""
     gone.replace_all_uses_with(keep)
@@ -131,5 +141,7 @@ class Fuse(GraphPass):
     preserves_numerics = True
 
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        if ctx.example_inputs:  # ranks decide whether a linear's batch norm can fold (see conv_bn)
+            propagate(gm, ctx.example_inputs)
         Rewriter(gm, self.name).apply(RULES)
         return gm

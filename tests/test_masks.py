@@ -10,11 +10,13 @@ import fxq
 from fxq.annotation import info
 from tests.models import sqnr
 
+FINFO_MIN = torch.finfo(torch.float32).min
+
 
 class MaskedAttention(nn.Module):
     """Token ids and a 0/1 padding mask in; the mask becomes an additive (1 - mask) * finfo.min on the scores."""
 
-    def __init__(self, vocab=100, dim=32, sdpa=False, fill=torch.finfo(torch.float32).min):
+    def __init__(self, vocab=100, dim=32, sdpa=False, fill=FINFO_MIN):
         super().__init__()
         self.embed, self.sdpa, self.fill = nn.Embedding(vocab, dim), sdpa, fill
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
@@ -40,7 +42,7 @@ def _batch(padded, seed=0):
     return ids, mask
 
 
-@pytest.mark.parametrize("fill", [torch.finfo(torch.float32).min, -10000.0])  # -10000: the classic BERT mask
+@pytest.mark.parametrize("fill", [FINFO_MIN, -10000.0])  # -10000: the classic BERT mask
 @pytest.mark.parametrize("capture", ["fx", "export"])
 @pytest.mark.parametrize("sdpa", [False, True])
 def test_additive_mask_stays_float_even_when_the_example_has_no_padding(capture, sdpa, fill):

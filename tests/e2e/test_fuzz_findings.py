@@ -157,15 +157,16 @@ class GatedReLU6(nn.Module):
 
 
 class SelfAdd(nn.Module):
-    """An add of a value that is all but zero: its scale is eps, and qnnpack's add refuses the scale ratio."""
+    """An add of a value that is all but zero (the mean of a layer norm's output over its normalized dimension)
+    to an ordinary one: the first's scale is eps, and qnnpack's add refuses the input/output scale ratio."""
 
     def __init__(self):
         super().__init__()
         self.norm = nn.LayerNorm(8)
 
     def forward(self, x):
-        v = self.norm(x).mean((2, 3), keepdim=True)
-        return v.add(v)
+        v = self.norm(x).mean(-1, keepdim=True)
+        return v.add(x)
 
 
 class PooledNorm(nn.Module):

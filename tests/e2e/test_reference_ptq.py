@@ -74,12 +74,21 @@ def _torch_ao_reference(model, name, qconfig):
         return quantize_fx.convert_to_reference_fx(prepared)
 
 
+# Where fxq decides differently from torch.ao on purpose (docs/architecture.md, "Decisions"), it must be at least as
+# close to float instead of equal to torch.ao.
+DIVERGES = {"mixed": "observes the output of its mean, which torch.ao quantizes with the input's qparams"}
+
+
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "untraceable"])
 def test_agrees_with_torch_ao_reference_for_the_same_qconfig(name):
     model, ours = _quantize(name, fxq.QConfigMapping().set_global(MINMAX))
     theirs = _torch_ao_reference(model, name, MINMAX)
     db = sqnr(_outputs(theirs, name), _outputs(ours, name))
-    assert db >= 40, f"{name}: fxq vs torch.ao reference SQNR {db:.1f} dB"
+    if name in DIVERGES:
+        exact = _outputs(model, name)
+        assert sqnr(exact, _outputs(ours, name)) >= sqnr(exact, _outputs(theirs, name)), DIVERGES[name]
+    else:
+        assert db >= 40, f"{name}: fxq vs torch.ao reference SQNR {db:.1f} dB"
 
 
 def test_prepare_leaves_the_users_model_untouched():

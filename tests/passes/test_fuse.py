@@ -3,6 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.annotation import info
+from fxq.graph_pass import PassContext
 from fxq.nn import fused
 from tests.passes.helpers import close, op_nodes, run, traced
 
@@ -51,9 +52,21 @@ def test_linear_bn1d_and_linear_relu():
     model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 4), nn.ReLU())
     model = _warm(model, (16, 6))
     x = torch.randn(4, 6)
-    gm = run(traced(model), "normalize", "fuse")
+    gm = run(traced(model), "normalize", "fuse", ctx=PassContext(example_inputs=(x,)))
     assert op_nodes(gm) == [("call_module", "linear", nn.Linear), ("call_module", "linear_relu", fused.LinearReLU)]
     assert close(gm(x), model(x), 1e-4)
+
+
+def test_near_miss_linear_bn1d_on_a_sequence_is_not_folded():
+    """On (N, L, F) a linear's features are the last dimension, while BatchNorm1d normalises dimension 1: folding
+    it into the linear's weights gave a wrong answer (0.8 dB) when L happened to equal the feature count."""
+    model = _warm(nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8)), (16, 8, 16))
+    x = torch.randn(3, 8, 16)
+    gm = run(traced(model), "normalize", "fuse", ctx=PassContext(example_inputs=(x,)))
+    assert [row[1] for row in op_nodes(gm)] == ["linear", "batch_norm"]
+    reasons = [reason for n in gm.graph.nodes for _, reason in info(n).declined]
+    assert any("rank 3" in reason and "dimension 1" in reason for reason in reasons), reasons
+    assert close(gm(x), model(x))
 
 
 def test_bn_relu_without_conv_and_method_relu():
