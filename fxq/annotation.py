@@ -14,6 +14,8 @@ from typing import Any
 from torch.fx import Node
 
 META_KEY = "fxq"
+# ``NodeInfo.precision`` of a quantized op whose output no int8 op reads: its kernel returns float directly.
+FLOAT_OUTPUT = "int8, float output"
 
 
 @dataclass(frozen=True)

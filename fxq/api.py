@@ -24,10 +24,11 @@ from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.input_guard import GuardedGraphModule, guard, input_records
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
+from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
 from fxq.tracing import TRACE_OPTIONS_KEY
 
-PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")
-CONVERT_PASSES = ("lower", "cleanup")
+PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")  # then a recipe's passes
+CONVERT_PASSES = ("lower", "cleanup")  # a recipe's passes precede "lower"
 
 _BACKEND_KEY = "fxq_backend"
 RECORDS_KEY = "fxq_records"
@@ -36,7 +37,8 @@ _LEAVES_KEY = "fxq_float_leaves"
 
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
-            concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx") -> GraphModule:
+            concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
+            recipe: str | Recipe = "auto") -> GraphModule:
     """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
 
     Args:
@@ -50,6 +52,10 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         capture: "fx" (symbolic tracing), "export" (``torch.export``, for models tracing cannot follow, such as
             Hugging Face transformers) or "auto" (tracing, else export; ``prepared.meta["fxq_capture"]`` says
             which and why). See ``fxq.capture``.
+        recipe: "auto" (chosen from the graph: "transformer" for attention with layer norms, "cnn" for
+            convolutions), "transformer", "cnn", "none", or a ``fxq.recipes.Recipe``; ``prepared.meta["fxq_recipe"]``
+            says which and why. A recipe keeps some ops float and adds passes, only where the mapping's rule for
+            an op is its global one: explicit rules win. See ``fxq.recipes``.
         keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
     Returns:
         The prepared GraphModule (observers inserted), in eval mode.
@@ -67,21 +73,30 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         add_properties(gm, frozenset({"traced"}))
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
                           original=model)
-        result = PassManager(list(PREPARE_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+        normalized = PassManager(list(PREPARE_PASSES[:1]), keep_snapshots=keep_snapshots).run(gm, ctx)
+        ctx.recipe, why = choose_recipe(normalized.graph_module, recipe)
+        passes = [*PREPARE_PASSES[1:], *ctx.recipe.prepare_passes]
+        result = PassManager(passes, keep_snapshots=keep_snapshots).run(normalized.graph_module, ctx)
     prepared = result.graph_module
     prepared.meta[_BACKEND_KEY] = backend
-    prepared.meta[RECORDS_KEY] = result.records
+    prepared.meta[RECORDS_KEY] = normalized.records + result.records
+    prepared.meta[RECIPE_KEY] = {"name": ctx.recipe.name, "why": why, "recipe": ctx.recipe}
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
     return _eval_mode(prepared)
 
 
-def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False) -> GraphModule:
+def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False,
+            backend: str | None = None) -> GraphModule:
     """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was unless
     ``inplace`` (which saves copying it: for callers that no longer need it).
 
+    ``backend="reference"`` lowers a model prepared for a native backend to explicit quantize/dequantize around
+    float ops instead of kernels: the same decisions and qparams, so it shows the math the kernels should compute.
+
     Raises:
-        ConfigError: ``prepared`` did not come from ``fxq.prepare``, or is converted already.
+        ConfigError: ``prepared`` did not come from ``fxq.prepare``, or is converted already; ``backend`` is
+            neither "reference" nor the one ``prepared`` was made for.
         CalibrationError: an observer saw no data (run calibration batches through ``prepared`` first).
     """
     _check_convertible(prepared)
@@ -90,13 +105,24 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
         gm = prepared if inplace else copy_graph_module(prepared, share=observers)
         inputs = input_records(gm)
         guard(gm, inputs)  # before the passes, whose final recompile then installs the guarded forward
-        ctx = PassContext(backend=prepared.meta.get(_BACKEND_KEY, "reference"))
-        result = PassManager(list(CONVERT_PASSES), keep_snapshots=keep_snapshots).run(gm, ctx)
+        recipe = prepared.meta.get(RECIPE_KEY, {}).get("recipe")
+        ctx = PassContext(backend=_lowering_backend(prepared, backend), recipe=recipe)
+        passes = [*(recipe.convert_passes if recipe is not None else ()), *CONVERT_PASSES]
+        result = PassManager(passes, keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
     if not isinstance(converted, GuardedGraphModule):  # a pass returned a new module
         guard(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
     return _eval_mode(converted)
+
+
+def _lowering_backend(prepared: GraphModule, requested: str | None) -> str:
+    prepared_for = prepared.meta.get(_BACKEND_KEY, "reference")
+    if requested is None or requested == "reference" or get_backend(requested) is get_backend(prepared_for):
+        return requested or prepared_for
+    raise ConfigError(f"convert(backend={requested!r}) got a model prepared for {prepared_for!r}: the backend's "
+                      "table decided what prepare observed, so lower it for that backend (or 'reference'), or "
+                      f"prepare the float model again with backend={requested!r}")
 
 
 def _check_convertible(prepared) -> None:
@@ -126,7 +152,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
         calibration_data: batches of representative inputs; each is a tuple of forward arguments (a lone tensor
             is wrapped).
         qconfig_mapping: defaults to ``get_default_qconfig_mapping(backend)``.
-        prepare_options: passed to ``prepare`` (leaf_modules, concrete_args, ...).
+        prepare_options: passed to ``prepare`` (recipe, capture, leaf_modules, concrete_args, ...).
     Returns:
         The quantized GraphModule; ``fxq.report_of(result)`` says what was quantized, what stayed float and
         why, and the size before and after.

@@ -25,6 +25,7 @@ class PassContext:
         backend: the backend name passes consult ("reference", "x86", ...).
         example_inputs: inputs that run the model, for shape/dtype propagation and numeric checks.
         original: the user's model (read only: passes never touch it), for module-name validation.
+        recipe: the ``fxq.recipes.Recipe`` prepare chose (None: none), for passes that follow its adjustments.
         notes: human-readable lines the entry point reports (what stayed float and why, ...).
         options: free-form extra options for third-party passes.
     """
@@ -33,6 +34,7 @@ class PassContext:
     backend: str = "reference"
     example_inputs: tuple = ()
     original: nn.Module | None = None
+    recipe: Any = None
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -2,7 +2,8 @@
 
 Needs a normalized (usually fused) graph whose nodes carry their module scope, and ``ctx.qconfig_mapping``.
 Afterwards every op node's annotation holds ``qconfig`` (None: stay float) and ``qconfig_rule``. A mapping rule
-that names a module the model does not have is an error, never a silent no-op.
+that names a module the model does not have is an error, never a silent no-op. Where only the global qconfig
+applies, ``ctx.recipe`` may keep an op float (``fxq.recipes``); the rule then reads ``recipe(<name>)``.
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ class AssignQConfig(GraphPass):
                                          order_key=(order_path, order_object, index))
             record = info(node)
             record.qconfig, record.qconfig_rule = resolution.qconfig, resolution.rule
-            if resolution.qconfig is None:
+            recipe_reason = ctx.recipe.float_reason(record.concept) if ctx.recipe is not None else None
+            if recipe_reason and resolution.rule == "global" and resolution.qconfig is not None:
+                record.qconfig, record.qconfig_rule = None, f"recipe({ctx.recipe.name})"
+                leave_float(node, f"the {ctx.recipe.name} recipe keeps {record.concept} float: {recipe_reason}")
+            elif resolution.qconfig is None:
                 leave_float(node, f"qconfig is None (rule {resolution.rule})")
         return gm
+
 
 
 def _scope(node: Node, modules: dict, rule_objects: dict) -> tuple[str, type | None, object, str, object]:

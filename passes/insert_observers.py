@@ -3,6 +3,8 @@
 Needs qconfigs assigned (and ``ctx.example_inputs``, to learn which values are float tensors). Afterwards each
 op that the backend can quantize and whose qconfig is not None has observers on its float tensor inputs and on
 its output: its own (``qconfig.activation``) or the input's (ops such as maxpool that cannot widen the range).
+An op whose kernel can return float (the backend table's ``float_output``) gets no output observer when no op
+reads its output as int8 (only float ops, or the model's output): it is marked ``FLOAT_OUTPUT`` instead.
 Shared ops whose input is float stay float. Each tensor has at most one observer however many users it has;
 integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
 """
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule, Node
 
-from fxq.annotation import info, leave_float
+from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import Observation, OpSupport, get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.observers import Observer
@@ -50,6 +52,7 @@ class _Placement:
     def __init__(self, gm: GraphModule, backend, rw: Rewriter) -> None:
         self.gm, self.backend, self.rw = gm, backend, rw
         self.quantized: dict[Node, str] = {}
+        self.read_as_int8: dict[Node, bool] = {}
 
     def run(self) -> None:
         self.masks = _mask_carriers(self.gm)
@@ -86,7 +89,27 @@ class _Placement:
             return
         for index, arg in enumerate(_activation_inputs(node, support)):
             self._observe_input(node, index, arg)
+        if support.float_output and not self._read_as_int8(node):
+            record.precision = FLOAT_OUTPUT
+            return
         self._observe_output(node, self._add_observer(node, record.qconfig.activation()))
+
+    def _read_as_int8(self, node: Node) -> bool:
+        """Whether some reader of ``node``'s output will take it quantized: an op with its own quantized form, or a
+        shared one (reshape, maxpool...) whose output is read quantized in turn. Readers come later in the walk,
+        so this looks ahead with what ``_place`` will decide for them."""
+        if node not in self.read_as_int8:
+            self.read_as_int8[node] = any(self._reads_int8(user) for user in node.users)
+        return self.read_as_int8[node]
+
+    def _reads_int8(self, reader: Node) -> bool:
+        record = info(reader)
+        if reader.op not in _OPS or record.qconfig is None or record.qconfig.is_dynamic or reader in self.masks:
+            return False
+        support = self.backend.support(record.concept)
+        if support is None:
+            return False
+        return support.observation is not Observation.SHARED or self._read_as_int8(reader)
 
     def _dynamic(self, node: Node) -> None:
         """Dynamic ops quantize their input at run time: nothing to observe; ``lower`` swaps the module."""

@@ -15,7 +15,7 @@ from operator import attrgetter
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.annotation import info, leave_float
+from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
@@ -47,7 +47,7 @@ class Lower(GraphPass):
             if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
                 _quantize_dequantize(rw, node, computed)
         for node in list(gm.graph.nodes):
-            if node.op in _OPS and "output" in info(node).observers:
+            if node.op in _OPS and _quantized(info(node)):
                 support = backend.support(info(node).concept)
                 if support is not None and support.weighted:
                     _quantize_weight(rw, node, support)
@@ -174,6 +174,11 @@ def _per_tensor_like(observer: Observer) -> Observer:
                           reduce_range=observer.reduce_range and not observer.custom_range, **custom)
 
 
+def _quantized(record) -> bool:
+    """Whether insert-observers quantized the op: its output is observed, or it returns float from int8 inputs."""
+    return "output" in record.observers or record.precision == FLOAT_OUTPUT
+
+
 def _constant(gm: GraphModule, value) -> torch.Tensor | None:
     """The tensor a ``get_attr`` node reads; None for a value computed at run time."""
     if isinstance(value, Node) and value.op == "get_attr":
@@ -189,7 +194,8 @@ def _record_status(gm: GraphModule) -> None:
         record = info(node)
         if node.op not in _OPS or record.lowered_to is not None:
             continue
-        if "output" in record.observers:
-            record.lowered_to = f"reference:{record.concept}"
+        if _quantized(record):
+            float_output = " (float output)" if record.precision == FLOAT_OUTPUT else ""
+            record.lowered_to = f"reference:{record.concept}{float_output}"
         else:
             record.lowered_to = "float"

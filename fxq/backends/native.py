@@ -1,8 +1,9 @@
 """Lowering rules from the reference graph to native int8 kernels (``torch.ops.quantized``), shared by the x86
 and qnnpack backends.
 
-Every rule is anchored at a ``quantize`` node and matches ``quantize(op(dequantize(x), ...))``: the op then reads
-the quantized ``x`` directly and produces the quantized value itself, so quantized tensors flow from op to op.
+Rules are anchored at a ``quantize`` node and match ``quantize(op(dequantize(x), ...))``: the op then reads the
+quantized ``x`` directly and produces the quantized value itself, so quantized tensors flow from op to op. The
+exception is a linear whose output only float ops read: anchored at the linear, it becomes a kernel returning float.
 What no rule matches stays as reference ``dequantize -> float op -> quantize``, which is correct, only slower.
 """
 
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 from torch.fx import Node
 
-from fxq.annotation import info, take_over
+from fxq.annotation import FLOAT_OUTPUT, info, take_over
 from fxq.nn.fused import FusedModule
-from fxq.nn.quantized import QuantizedConv, QuantizedLinear
+from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from fxq.nn.quantized.group_norm import group_norm
 from fxq.nn.reference import WeightQuantized
 from fxq.pattern import ANY, Pattern
@@ -83,6 +84,37 @@ def weighted_module(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined
     return node
 
 
+def float_output_linear(rw: Rewriter, op: Node, x: Node) -> Node | Declined:
+    """dequantize -> linear (+relu) whose output only float ops read  =>  the int8 linear that returns float.
+
+    The kernel quantizes its float input itself with the observed qparams, so it reads the value before the
+    quantize; an input that arrives int8 from another kernel is read dequantized, and requantizing it with the
+    same qparams is exact."""
+    if info(op).precision != FLOAT_OUTPUT:
+        return Declined(f"{op.name}'s output is requantized, so the int8-output kernel rule applies")
+    quantized = x.args[0]
+    qparams = _qparams_of(quantized)
+    if qparams is None or _dtype_of(quantized) != torch.quint8:
+        return Declined(f"{op.name}'s input is not quint8 per tensor, which the float-output kernel needs")
+    source = quantized.args[0] if _is_quantize(quantized) else x
+    made = (_native_from_module if op.op == "call_module" else _native_from_call)(rw, op, None, qparams)
+    if isinstance(made, Declined):
+        return made
+    native, keep_node = made
+    if keep_node:
+        rw.set_module(op.target, native)
+        op.args, op.kwargs = (source,), {}
+        node = op
+    else:
+        name = rw.unique_name(f"{op.name}_int8")
+        rw.gm.add_submodule(name, native)
+        rw.modules[name] = native
+        node = rw.insert("call_module", name, (source,), before=op, like=op)
+        take_over(node, op)
+    info(node).lowered_to = type(native).__name__ + ("+relu" if native.relu else "")
+    return rw.stamp(node)
+
+
 def _qnnpack_bias_overflows(native: nn.Module, input_qparams) -> str | None:
     """qnnpack adds the bias in int32 at scale input_scale * weight_scale; an input calibration saw as all but
     constant has a tiny scale, the bias then overflows int32, and the kernel returns garbage (measured: 7 dB where
@@ -99,7 +131,8 @@ def _qnnpack_bias_overflows(native: nn.Module, input_qparams) -> str | None:
             "overflows; it stays a reference island")
 
 
-def _native_from_module(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool] | Declined:
+def _native_from_module(rw: Rewriter, op: Node, q: Node | None,
+                        float_input: tuple[float, int] | None = None) -> tuple[nn.Module, bool] | Declined:
     module = rw.modules.get(op.target)
     if not isinstance(module, WeightQuantized):
         return Declined(f"{op.name}'s weight was not quantized")
@@ -107,9 +140,8 @@ def _native_from_module(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, boo
     relu = isinstance(inner, FusedModule)
     layer = inner[0] if relu else inner
     bias = layer.bias.detach() if layer.bias is not None else None
-    scale, zero_point = _output_qparams(q)
     if isinstance(layer, nn.Linear):
-        return QuantizedLinear(module.qweight, bias, scale, zero_point, relu), True
+        return _linear(module.qweight, bias, relu, q, float_input), True
     if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                               nn.ConvTranspose3d)):
         return Declined(f"no native kernel for {type(layer).__name__}")
@@ -126,7 +158,8 @@ _CONV_ARGS = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
 _CONV_TRANSPOSE_ARGS = (("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1))
 
 
-def _native_from_call(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool] | Declined:
+def _native_from_call(rw: Rewriter, op: Node, q: Node | None,
+                      float_input: tuple[float, int] | None = None) -> tuple[nn.Module, bool] | Declined:
     """F.linear / F.conv*d / F.conv_transpose*d whose weight lowering quantized and whose bias is a constant."""
     weight = op.args[1] if len(op.args) > 1 else op.kwargs.get("weight")
     if not (_is_dq(weight) and weight.args[0].op == "get_attr"):
@@ -137,9 +170,8 @@ def _native_from_call(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool]
         return Declined(f"{op.name}'s bias is computed at run time; only a constant bias is prepacked")
     bias = attrgetter(bias_node.target)(rw.gm).detach() if bias_node is not None else None
     concept = info(op).concept
-    scale, zero_point = _output_qparams(q)
     if concept == "linear":
-        return QuantizedLinear(qweight, bias, scale, zero_point, False), False
+        return _linear(qweight, bias, False, q, float_input), False
     transposed = concept.startswith("conv_transpose")
     names = _CONV_TRANSPOSE_ARGS if transposed else _CONV_ARGS
     settings = {name: op.args[3 + i] if len(op.args) > 3 + i else op.kwargs.get(name, default)
@@ -148,6 +180,13 @@ def _native_from_call(rw: Rewriter, op: Node, q: Node) -> tuple[nn.Module, bool]
         return Declined(f"{op.name} uses padding {settings['padding']!r}; the int8 kernel needs explicit padding")
     return _conv(qweight, bias, q, False, settings["stride"], settings["padding"], settings["dilation"],
                  settings["groups"], transposed, settings.get("output_padding", 0)), False
+
+
+def _linear(qweight, bias, relu: bool, q: Node | None, float_input: tuple[float, int] | None) -> nn.Module:
+    """The int8 linear producing ``q``'s qparams, or, given the input's qparams instead, the one returning float."""
+    if float_input is not None:
+        return QuantizedLinearFloatOutput(qweight, bias, *float_input, relu)
+    return QuantizedLinear(qweight, bias, *_output_qparams(q), relu)
 
 
 def _conv(qweight, bias, q: Node, relu: bool, stride, padding, dilation, groups, transposed: bool,
@@ -345,8 +384,20 @@ def _is_dq(node: object) -> bool:
     return isinstance(node, Node) and info(node).lowered_to == "dequantize"
 
 
+def _is_quantize(node: Node) -> bool:
+    return node.op == "call_function" and node.target is torch.quantize_per_tensor
+
+
+def _dtype_of(node: Node) -> torch.dtype | None:
+    """The dtype of a quantized value: its quantize's argument, or what the kernel producing it recorded."""
+    if _is_quantize(node):
+        return node.args[3]
+    recorded = info(node).qparams.get("output") or {}
+    return getattr(torch, recorded["dtype"]) if "dtype" in recorded else None
+
+
 def _qparams_of(node: Node) -> tuple[float, int] | None:
-    if node.op == "call_function" and node.target is torch.quantize_per_tensor:
+    if _is_quantize(node):
         return node.args[1], node.args[2]
     recorded = info(node).qparams.get("output")
     return (recorded["scale"], recorded["zero_point"]) if recorded and "scale" in recorded else None
@@ -384,4 +435,9 @@ NATIVE_RULES = (
     *[_rule(concept, norm, "int8 normalisation") for concept in _NORMS],
     # range-preserving ops run on the int8 tensor as they are
     *[_rule(concept, shared, "op on int8 tensor") for concept in SHARED],
+    # dequantize -> linear (+relu) read only by float ops: prepacked int8 module returning float. Last, so every
+    # linear whose output is requantized is claimed above, and an input computed int8 by the rules above is read
+    # as such rather than as the float value its reference form quantized.
+    *[Rule(Pattern(concept, (_dq("x"),), name="op"), _unless_float(float_output_linear), "int8 linear, float out")
+      for concept in ("linear", "linear_relu")],
 )

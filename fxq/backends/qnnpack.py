@@ -23,8 +23,10 @@ PER_TENSOR_TRANSPOSED = ("qnnpack's int8 transposed convolution needs per-channe
 
 def _qnnpack_entry(entry):
     if entry.per_tensor_weight:
-        return replace(entry, per_tensor_weight=PER_TENSOR_TRANSPOSED)
-    return entry
+        entry = replace(entry, per_tensor_weight=PER_TENSOR_TRANSPOSED)
+    # qnnpack's linear returns int8 only ("apply_with_input_q_dq_qweight_dq_output_fp32 is not implemented for
+    # this packed parameter type"), so its outputs are always requantized.
+    return replace(entry, float_output=False)
 
 
 QNNPACK = Backend("qnnpack", {name: _qnnpack_entry(entry) for name, entry in X86.ops.items()

@@ -24,9 +24,13 @@ _SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d"
            "reshape", "transpose", "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity",
            "getitem", "chunk", "split"]
 
+# Ops whose int8 kernel can also return float (fbgemm's linear): the reference backend computes what that kernel
+# does, so native results stay checkable against it.
+_FLOAT_OUTPUT = {"linear", "linear_relu"}
+
 REFERENCE_OPS = table(
-    [OpSupport(name, OWN, weighted=True, weight_arg=1) for name in _WEIGHTED]
-    + [OpSupport(name, OWN, weighted=True) for name in _FUSED]
+    [OpSupport(name, OWN, weighted=True, weight_arg=1, float_output=name in _FLOAT_OUTPUT) for name in _WEIGHTED]
+    + [OpSupport(name, OWN, weighted=True, float_output=name in _FLOAT_OUTPUT) for name in _FUSED]
     + [OpSupport(name, OWN) for name in _OWN]
     + [OpSupport(name, SHARED) for name in _SHARED]
 )

@@ -36,6 +36,9 @@ class OpSupport:
         activation_dtypes / weight_dtypes: the dtypes the backend's kernel accepts.
         per_tensor_weight: why the kernel needs a per-tensor weight (lowering then quantizes the weight per
             tensor even if the qconfig asks per channel, and records this reason); None if per channel is fine.
+        float_output: the kernel can return float straight from its int32 sums. When only float ops read the
+            output, it is then not requantized: an int8 output read back as float only adds rounding (and one
+            per-tensor scale over outlier channels crushes the others).
     """
 
     concept: str
@@ -45,6 +48,7 @@ class OpSupport:
     activation_dtypes: frozenset[torch.dtype] = frozenset({torch.quint8, torch.qint8})
     weight_dtypes: frozenset[torch.dtype] = frozenset({torch.qint8})
     per_tensor_weight: str | None = None
+    float_output: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch.fx import GraphModule, Node
 
-from fxq.annotation import NodeInfo
+from fxq.annotation import FLOAT_OUTPUT, NodeInfo
 from fxq.observers import Observer
 from fxq.shapes import VALUE_KEY, TensorInfo
 
@@ -157,7 +157,8 @@ def status_of(record: NodeInfo) -> str:
     if record.lowered_to:
         return record.lowered_to
     if record.observers:
-        return "observed (" + ", ".join(sorted(record.observers)) + ")"
+        float_output = "; float output" if record.precision == FLOAT_OUTPUT else ""
+        return "observed (" + ", ".join(sorted(record.observers)) + ")" + float_output
     if record.qconfig is not None:
         return "qconfig assigned"
     return ""

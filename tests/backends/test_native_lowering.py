@@ -11,11 +11,11 @@ from fxq.tools import bench_models as zoo
 import fxq
 from fxq.annotation import info
 from fxq.errors import FxqWarning
-from fxq.nn.quantized import QuantizedConv, QuantizedLinear
+from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from tests.models import MODEL_NAMES, calibration_batches, eval_batches, example_inputs, make_model, sqnr
 
 
-def _convert(name, backend, mapping_backend="x86"):
+def _prepare(name, backend, mapping_backend="x86"):
     model = make_model(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FxqWarning)
@@ -24,7 +24,11 @@ def _convert(name, backend, mapping_backend="x86"):
     with torch.no_grad():
         for batch in calibration_batches(name):
             prepared(*batch)
-    return fxq.convert(prepared)
+    return prepared
+
+
+def _convert(name, backend, mapping_backend="x86"):
+    return fxq.convert(_prepare(name, backend, mapping_backend))
 
 
 def _outputs(model, name):
@@ -34,7 +38,8 @@ def _outputs(model, name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_x86_matches_reference(name):
-    reference, native = _convert(name, "reference"), _convert(name, "x86")
+    prepared = _prepare(name, "x86")
+    reference, native = fxq.convert(prepared, backend="reference"), fxq.convert(prepared)
     db = sqnr(_outputs(reference, name), _outputs(native, name))
     assert db >= 40, f"{name}: x86 vs reference {db:.1f} dB"
 
@@ -43,15 +48,22 @@ def test_x86_matches_reference(name):
 def test_qnnpack_matches_reference_under_the_qnnpack_engine(name):
     if "qnnpack" not in torch.backends.quantized.supported_engines:
         pytest.skip("this torch build has no qnnpack engine")
-    reference = _convert(name, "reference", "qnnpack")
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = "qnnpack"
     try:
-        native = _convert(name, "qnnpack", "qnnpack")
+        prepared = _prepare(name, "qnnpack", "qnnpack")
+        reference, native = fxq.convert(prepared, backend="reference"), fxq.convert(prepared)
         db = sqnr(_outputs(reference, name), _outputs(native, name))
     finally:
         torch.backends.quantized.engine = previous
     assert db >= 40, f"{name}: qnnpack vs reference {db:.1f} dB"
+
+
+def test_convert_lowers_for_the_prepared_backend_or_reference_only():
+    prepared = _prepare("mlp", "x86")
+    with pytest.raises(fxq.ConfigError, match="prepared for 'x86'"):
+        fxq.convert(prepared, backend="qnnpack")
+    assert fxq.convert(prepared, backend="fbgemm") is not None  # an alias of x86
 
 
 def test_float_values_leave_native_kernels_contiguous():
@@ -83,7 +95,10 @@ def test_resnet_has_one_quantize_one_dequantize_and_no_float_op(make):
     quantizes = [n for n in native.graph.nodes if n.target is torch.quantize_per_tensor]
     dequantizes = [n for n in native.graph.nodes if n.target == "dequantize"]
     assert len(quantizes) == 1 and quantizes[0].args[0].op == "placeholder"
-    assert len(dequantizes) == 1 and list(dequantizes[0].users)[0].op == "output"
+    assert len(dequantizes) == 1
+    (head,) = dequantizes[0].users  # the classifier, whose int8 kernel returns the float output
+    assert isinstance(native.get_submodule(head.target), QuantizedLinearFloatOutput)
+    assert [user.op for user in head.users] == ["output"]
     for node in native.graph.nodes:
         if node.op in ("call_module", "call_function", "call_method") and node not in quantizes + dequantizes:
             assert info(node).float_reason is None, node.format_node()
@@ -104,7 +119,8 @@ def test_ops_without_int8_kernels_stay_float_with_the_reason():
     native = _convert("transformer", "x86")
     act = next(n for n in native.graph.nodes if n.name == "act")
     assert info(act).float_reason == "backend 'x86' has no quantized form of gelu"
-    assert act.args[0].target == "dequantize"
+    (producer,) = act.all_input_nodes  # read only by the float gelu, the linear's int8 kernel returns float
+    assert isinstance(native.get_submodule(producer.target), QuantizedLinearFloatOutput)
 
 
 def test_runtime_modules_round_trip_copy_and_print():
@@ -134,7 +150,8 @@ def test_weights_are_stored_as_int8():
     model, native = make_model("resnet"), _convert("resnet", "x86")
     float_bytes = sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "weight" in name
                       and p.dim() > 1)
-    int8 = [m.qweight for m in native.modules() if isinstance(m, (QuantizedConv, QuantizedLinear))]
+    int8 = [m.qweight for m in native.modules()
+            if isinstance(m, (QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput))]
     assert all(q.dtype == torch.qint8 for q in int8)
     assert sum(q.numel() * q.element_size() for q in int8) * 4 == float_bytes
 

@@ -16,7 +16,7 @@ import fxq
 from fxq.annotation import info
 from fxq.backends import get_backend, register_backend
 from fxq.backends.x86 import PER_TENSOR_TRANSPOSED
-from fxq.nn.quantized import QuantizedConv, QuantizedLinear
+from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from tests.models import sqnr
 
 for _name in ("x86", "qnnpack"):
@@ -142,7 +142,7 @@ def test_every_op_of_the_2d_decoder_runs_an_int8_kernel():
     modules = dict(native.named_modules())
     functional = [n for n in native.graph.nodes if n.op == "call_module" and info(n).concept in ("linear", "conv2d")
                   and n.target not in ("conv",)]
-    assert {type(modules[n.target]) for n in functional} == {QuantizedConv, QuantizedLinear}
+    assert {type(modules[n.target]) for n in functional} == {QuantizedConv, QuantizedLinearFloatOutput}
     floats = [n.name for n in native.graph.nodes if info(n).lowered_to == "float"]
     assert floats == [], floats
 
@@ -208,7 +208,7 @@ def test_functional_op_keeps_its_annotation_after_lowering():
     record = info(linear)
     assert record.qconfig is not None and record.qconfig_rule == "global"
     assert [s.pass_name for s in record.history][-1] == "lower"
-    assert "weight" in record.qparams and "output" in record.qparams
+    assert "weight" in record.qparams and record.lowered_to == "QuantizedLinearFloatOutput"
 
 
 def test_one_dimensional_ops_lower():

@@ -27,12 +27,15 @@ def test_hf_bert_base_static_int8_by_auto_capture_without_changes():
     quantized = fxq.quantize(model, _batches(1, 0)[0], _batches(2, 1), backend="x86", capture="auto")
     how = quantized.meta["fxq_capture"]
     assert how["how"] == "export" and "symbolic tracing failed" in how["why"]
+    assert quantized.meta["fxq_recipe"]["name"] == "transformer"
     kinds = [info(n).lowered_to for n in quantized.graph.nodes]
-    assert kinds.count("QuantizedLinear") == 73 and kinds.count("quantized.layer_norm") == 25
+    # every Linear int8; those read only by float ops (the recipe keeps residual adds, layer norms float) return float
+    assert kinds.count("QuantizedLinearFloatOutput") + kinds.count("QuantizedLinear") == 73
+    assert kinds.count("QuantizedLinearFloatOutput") >= 72 and kinds.count("quantized.layer_norm") == 0
     with torch.no_grad():
         reference = torch.cat([model(*b).last_hidden_state.flatten() for b in _batches(2, 2)])
         got = torch.cat([quantized(*b).last_hidden_state.flatten() for b in _batches(2, 2)])
-    assert sqnr_db(reference, got) >= 20
+    assert sqnr_db(reference, got) >= 25  # 28.6 measured; 23.9 with recipe="none"
     with torch.no_grad():  # dynamic dimensions: another length runs too (a batch of 1 is fixed by export)
         ids = torch.randint(0, 30522, (1, 40))
         assert quantized(ids, torch.ones(1, 40, dtype=torch.long)).last_hidden_state.shape == (1, 40, 768)
@@ -47,7 +50,7 @@ def test_module_name_rule_with_an_hf_path_takes_effect_on_the_exported_graph():
     by_path = {info(n).module_path: info(n) for n in quantized.graph.nodes if info(n).concept == "linear"}
     excluded = by_path["encoder.layer.0.output.dense"]
     assert excluded.qconfig_rule == "module_name('encoder.layer.0.output.dense')" and excluded.float_reason
-    assert by_path["encoder.layer.1.output.dense"].lowered_to == "QuantizedLinear"
+    assert by_path["encoder.layer.1.output.dense"].lowered_to == "QuantizedLinearFloatOutput"
     assert any(row.rule == "module_name('encoder.layer.0.output.dense')" and row.category == "float" for row in rows)
 
 

@@ -17,13 +17,14 @@ def load_minilm():
     return tokenizer, model
 
 
-def embed(model, tokenizer, sentences, batch_size=16):
-    """Mean-pooled, normalised sentence embeddings (how sentence-transformers uses this model)."""
+def embed(model, tokenizer, sentences, batch_size=16, padding=True):
+    """Mean-pooled, normalised sentence embeddings (how sentence-transformers uses this model). ``padding``: True
+    pads each batch to its longest sentence, "max_length" to 128 tokens."""
     parts = []
     with torch.no_grad():
         for start in range(0, len(sentences), batch_size):
-            batch = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, max_length=128,
-                              return_tensors="pt")
+            batch = tokenizer(sentences[start:start + batch_size], padding=padding, truncation=True,
+                              max_length=128, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

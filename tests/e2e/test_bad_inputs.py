@@ -132,13 +132,13 @@ class Case:
 CASES = (
     Case("calling a converted model", "features: (2, 7) into Linear(8, 4), x86", lambda _: _mlp()(torch.randn(2, 7)),
          InputError, ("input 'x' has shape (2, 7)", "example inputs had (2, 8)", "node 'fc' (module 'fc', "
-                      "QuantizedLinear)", "expects 8 features in the last dimension", "packB"), chained=True),
+                      "QuantizedLinearFloatOutput)", "expects 8 features in the last dimension", "packB"), chained=True),
     Case("calling a converted model", "features, reference backend",
          lambda _: _mlp("reference")(torch.randn(2, 7)), InputError,
          ("input 'x' has shape (2, 7)", "WeightQuantized", "expects 8 features", "mat1 and mat2"), chained=True),
     Case("calling a converted model", "float64 input", lambda _: _mlp()(torch.randn(2, 8, dtype=torch.float64)),
          InputError, ("input 'x' is float64", "float32 tensor of shape (2, 8)", ".to(torch.float32)",
-                      "quantize_per_tensor"), chained=True),
+                      "node 'fc'", "expected scalar type Float"), chained=True),
     Case("calling a converted model", "int64 input", lambda _: _mlp()(torch.ones(2, 8, dtype=torch.int64)),
          InputError, ("input 'x' is int64", ".to(torch.float32)"), chained=True),
     Case("calling a converted model", "rank 1 into Linear, x86", lambda _: _mlp()(torch.randn(8)), InputError,

@@ -34,8 +34,7 @@ def test_dropout_and_identity_removed_and_requantization_collapses():
     cleaned = run(lowered, "cleanup")
     after = _targets(cleaned)
     assert after == [torch.quantize_per_tensor, "dequantize", "0",
-                     torch.quantize_per_tensor, "dequantize", "3",
-                     torch.quantize_per_tensor, "dequantize"]
+                     torch.quantize_per_tensor, "dequantize", "3"]  # "3" returns float: nothing int8 reads it
     assert torch.equal(cleaned(x), expected)
     assert not hasattr(cleaned, "1") and not hasattr(cleaned, "2")
 

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxq.annotation import info
+from fxq.annotation import FLOAT_OUTPUT, info
 from fxq.graph_pass import PassContext
 from fxq.observers import FixedQParamsObserver, MinMaxObserver, Observer, PerChannelMinMaxObserver
 from fxq.qconfig import QConfig
@@ -122,7 +122,7 @@ def test_functional_linear_weight_is_not_observed_as_an_activation():
             return F.linear(x, self.w, self.b)
 
     gm = _observed(Fn(), torch.randn(2, 4))
-    assert _sequence(gm) == ["obs:obs_x", "linear", "obs:obs_linear"]
+    assert _sequence(gm) == ["obs:obs_x", "linear"]  # its output is the model's: float, not observed
 
 
 def test_prepared_graph_still_computes_the_float_function():
@@ -152,3 +152,32 @@ def test_dynamic_qconfig_places_no_observers_and_marks_supported_modules():
     assert nodes["fc"].precision == "dynamic qint8" and nodes["fc"].concept == "linear_relu"
     assert nodes["lstm"].precision == "dynamic qint8"
     assert "no dynamic kernel for getitem" in nodes["getitem"].float_reason
+
+
+class _Readers(nn.Module):
+    """fc1 is read by an int8 linear through a reshape; fc2 through a reshape by the model output; fc3 by a
+    float op only (exp has no quantized form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc1(x).reshape(-1, 4)
+        return self.fc2(a).reshape(-1, 2), torch.exp(self.fc3(a))
+
+
+def test_linear_outputs_are_observed_only_where_an_int8_op_reads_them():
+    gm = _observed(_Readers(), torch.randn(2, 4))
+    records = {n.name: info(n) for n in gm.graph.nodes}
+    assert "output" in records["fc1"].observers and records["fc1"].precision is None
+    for name in ("fc2", "fc3"):
+        assert "output" not in records[name].observers and "input0" in records[name].observers
+        assert records[name].precision == FLOAT_OUTPUT
+    assert "output" not in records["reshape_1"].observers  # shares fc2's float value, so it runs float
+
+
+def test_ops_without_a_float_output_kernel_are_always_observed():
+    gm = _observed(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4))
+    (conv,) = [n for n in gm.graph.nodes if info(n).concept == "conv2d"]
+    assert "output" in info(conv).observers and info(conv).precision is None

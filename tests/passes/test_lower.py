@@ -36,8 +36,9 @@ def test_observers_become_quantize_dequantize_with_observed_qparams():
     ops = [(n.op, n.target if n.op != "call_module" else type(out.get_submodule(n.target)).__name__)
            for n in out.graph.nodes if n.op not in ("placeholder", "output")]
     assert ops == [("call_function", torch.quantize_per_tensor), ("call_method", "dequantize"),
-                   ("call_module", "WeightQuantized"),
-                   ("call_function", torch.quantize_per_tensor), ("call_method", "dequantize")]
+                   ("call_module", "WeightQuantized")]  # the model's output: float, never requantized
+    (linear,) = [n for n in out.graph.nodes if n.op == "call_module"]
+    assert info(linear).lowered_to == "reference:linear (float output)"
     q_input = next(n for n in out.graph.nodes if n.target is torch.quantize_per_tensor)
     # min/max of x are -1, 3: affine quint8 scale 4/255, zero point round(1 / (4/255)) = round(63.75) = 64
     assert q_input.args[1] == pytest.approx(4 / 255)
@@ -103,7 +104,7 @@ def test_float_nodes_say_why_and_quantized_nodes_say_what_they_became():
     gm(x)
     out = _lowered(gm)
     records = {n.name: info(n) for n in out.graph.nodes}
-    assert records["fc"].lowered_to == "reference:linear"
+    assert records["fc"].lowered_to == "reference:linear (float output)"
     assert records["exp"].lowered_to == "float"
     assert "no quantized form of exp" in records["exp"].float_reason
 
