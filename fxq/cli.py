@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
     bench.add_argument("--dynamic", action="store_true", help="fp32 vs dynamic int8 on BERT-base and MiniLM")
+    bench.add_argument("--minilm", action="store_true",
+                       help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
     bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
     bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
     bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")
@@ -57,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
             return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed)
         if args.dynamic:
             return run_dynamic_bench(threads=args.threads, rounds=args.rounds)
+        if args.minilm:
+            from fxq.tools.bench_minilm import run_minilm_bench
+
+            return run_minilm_bench(threads=args.threads, rounds=args.rounds)
         if args.dump:
             return run_dump_bench()
         if args.compile:

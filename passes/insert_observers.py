@@ -173,16 +173,16 @@ MASK_CONSTANT = 1e4
 
 
 def _mask_carriers(gm: GraphModule) -> set[Node]:
-    """Nodes whose values come from a mask constant (|c| >= MASK_CONSTANT, e.g. ``(1 - mask) * finfo.min`` or
-    the classic ``* -10000.0``) or held extreme values on the example inputs, and every op computed from them, up
+    """Nodes whose values come from a float mask constant (|c| >= MASK_CONSTANT, e.g. ``(1 - mask) * finfo.min``
+    or the classic ``* -10000.0``; integer arguments are sizes and slice ends, such as export's ``slice(x, 0, 0,
+    2**63 - 1)``, not values) or held extreme values on the example inputs, and every op computed from them, up
     to a softmax (whose output is a probability again). Seeding from constants catches masks whose example inputs
     had no padding."""
     carriers: set[Node] = set()
     for node in gm.graph.nodes:
         if node.op not in _OPS:
             continue
-        huge_constant = any(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) >= MASK_CONSTANT
-                            for v in _flat_args(node))
+        huge_constant = any(isinstance(v, float) and abs(v) >= MASK_CONSTANT for v in _flat_args(node))
         from_carrier = not _absorbs_masks(node) and any(arg in carriers for arg in node.all_input_nodes)
         if huge_constant or from_carrier or holds_extremes(node):
             carriers.add(node)

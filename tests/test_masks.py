@@ -78,3 +78,20 @@ def test_an_observer_refuses_a_mask_with_a_clear_error():
     observer.node_name = "scores_plus_mask"
     with pytest.raises(fxq.CalibrationError, match="scores_plus_mask.*additive mask"):
         observer(torch.tensor([0.5, torch.finfo(torch.float32).min]))
+
+
+def test_integer_arguments_are_sizes_not_mask_constants():
+    class Pooler(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = torch.nn.Linear(8, 8)
+
+        def forward(self, x):  # x[:, 0] exports as slice(x, 0, 0, 2**63 - 1) then select
+            return torch.tanh(self.dense(x[:, 0].reshape(-1, 10000 // 1250)))
+
+    model = Pooler().eval()
+    x = torch.randn(2, 4, 8)
+    for capture in ("fx", "export"):
+        prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping("x86"), (x,), backend="x86", capture=capture)
+        (dense,) = [n for n in prepared.graph.nodes if fxq.info(n).concept == "linear"]
+        assert fxq.info(dense).qconfig is not None and fxq.info(dense).observers, fxq.info(dense).float_reason

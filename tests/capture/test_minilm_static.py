@@ -14,7 +14,7 @@ from torch import nn
 
 import fxq
 from tests.dynamic.minilm import embed, load_minilm
-from tests.dynamic.sentences import SENTENCES
+from fxq.tools.sentences import SENTENCES
 
 
 class _ByKeyword(nn.Module):

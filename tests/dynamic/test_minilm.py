@@ -6,7 +6,7 @@ from torch import nn
 import fxq
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from tests.dynamic.minilm import embed, load_minilm
-from tests.dynamic.sentences import SENTENCES
+from fxq.tools.sentences import SENTENCES
 
 
 def test_dynamic_int8_minilm_embeddings_match_float():

