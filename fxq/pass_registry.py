@@ -12,6 +12,7 @@ from fxq.graph_pass import GraphPass
 _BUILTIN_MODULES = {
     "normalize": "fxq.passes.normalize",
     "fuse": "fxq.passes.fuse",
+    "equalize": "fxq.passes.equalize",
     "assign-qconfig": "fxq.passes.assign_qconfig",
     "insert-observers": "fxq.passes.insert_observers",
     "lower": "fxq.passes.lower",

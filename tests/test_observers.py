@@ -13,13 +13,17 @@ from fxq.errors import CalibrationError, ConfigError
 from fxq.observers import (
     SIGMOID_QPARAMS,
     TANH_QPARAMS,
+    EntropyObserver,
     FixedQParamsObserver,
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
+    MSEObserver,
     Observer,
+    PercentileObserver,
     PerChannelMinMaxObserver,
+    PerChannelMSEObserver,
     PlaceholderObserver,
 )
 
@@ -57,7 +61,8 @@ SETTINGS = [
     (torch.qint8, False, True, -100, 100),
 ]
 ALL_CLASSES = [MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver,
-               MovingAveragePerChannelMinMaxObserver, HistogramObserver]
+               MovingAveragePerChannelMinMaxObserver, HistogramObserver, PercentileObserver, MSEObserver,
+               EntropyObserver, PerChannelMSEObserver]
 
 
 def _pair(ours_cls, theirs_name, extra, dtype, symmetric, reduce_range, qmin, qmax, per_channel, axis=0):
@@ -364,6 +369,8 @@ def test_bad_settings_are_config_errors():
         FixedQParamsObserver(scale=0.1, zero_point=300)
     with pytest.raises(ConfigError, match="bins"):
         HistogramObserver(bins=0)
+    with pytest.raises(ConfigError, match="search_step"):
+        HistogramObserver(search_step=0)
 
 
 def test_fixed_qparams_measure_nothing():

@@ -1,9 +1,8 @@
 """Histogram observer: keep a histogram of everything seen, then pick the range that minimises the expected
 quantization error, clipping rare outliers when that costs less than the resolution they would waste.
 
-Calibration stays cheap: a batch costs one ``aminmax`` and one ``histc``; when the range grows, the stored
-histogram is re-binned onto the wider range by interpolating its cumulative counts. The range search runs only
-when qparams are asked for.
+The histogram itself (and its re-binning when the range grows) is ``HistogramCollector``'s; this file is the
+range search, which runs only when qparams are asked for.
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ import numpy as np
 import torch
 
 from fxq.errors import ConfigError
-from fxq.observers.base import Observer
+from fxq.observers.histogram_base import HistogramCollector
 
 
-class HistogramObserver(Observer):
+class HistogramObserver(HistogramCollector):
     """Error-minimising range from a histogram of the observed values (per tensor; default quint8 affine).
 
     The chosen [min, max] minimises, over the histogram, the rounding noise of the values inside it (a
@@ -33,41 +32,10 @@ class HistogramObserver(Observer):
     """
 
     def __init__(self, bins: int = 2048, search_step: int = 64, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if bins < 1 or search_step < 1:
-            raise ConfigError(f"HistogramObserver needs bins >= 1 and search_step >= 1; got bins={bins}, "
-                              f"search_step={search_step}")
-        self.bins, self.search_step = bins, search_step
-        self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
-
-    @property
-    def has_data(self) -> bool:
-        return bool(torch.isfinite(self.min_val))
-
-    def _observe(self, x: torch.Tensor) -> None:
-        low, high = torch.aminmax(x)
-        self._check_finite(low, high)
-        self._widen(low.float(), high.float())
-        self.histogram += torch.histc(x.float(), self.bins, float(self.min_val), float(self.max_val))
-
-    def _widen(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        """Grow the histogram's range to cover [low, high], re-binning the counts it already holds."""
-        if self.has_data:
-            low, high = torch.minimum(low, self.min_val), torch.maximum(high, self.max_val)
-        if high <= low:  # a single value so far: give the histogram a tiny width
-            high = low + max(abs(float(low)) * 1e-6, 1e-8)
-        if self.has_data and (low != self.min_val or high != self.max_val):
-            self.histogram = _rebin(self.histogram, float(self.min_val), float(self.max_val), float(low),
-                                    float(high))
-        self.min_val.copy_(low)
-        self.max_val.copy_(high)
-
-    def _merge(self, other: HistogramObserver) -> None:
-        self._widen(other.min_val, other.max_val)
-        self.histogram += _rebin(other.histogram, float(other.min_val), float(other.max_val),
-                                 float(self.min_val), float(self.max_val))
+        if not isinstance(search_step, int) or isinstance(search_step, bool) or search_step < 1:
+            raise ConfigError(f"HistogramObserver needs search_step >= 1 (an int); got search_step={search_step!r}")
+        super().__init__(bins=bins, **kwargs)
+        self.search_step = search_step
 
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The error-minimising range, searched now over the histogram."""
@@ -77,27 +45,10 @@ class HistogramObserver(Observer):
             lo, hi = _best_symmetric_range(self.histogram, low, high, levels)
         else:
             lo, hi = _best_affine_range(self.histogram, low, high, levels, self.search_step)
-        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+        return self._range_of_result(lo, hi)
 
     def _settings(self) -> dict[str, Any]:
-        return {**super()._settings(), "bins": self.bins, "search_step": self.search_step}
-
-    def extra_repr(self) -> str:
-        seen = self._seen_text(self.min_val, self.max_val) if self.has_data else ", no data"
-        return f"{super().extra_repr()}, bins={self.bins}{seen}"
-
-
-def _rebin(counts: torch.Tensor, old_low: float, old_high: float, new_low: float,
-           new_high: float) -> torch.Tensor:
-    """``counts`` over [old_low, old_high] spread onto as many equal bins over [new_low, new_high] (which
-    contains it), assuming the values inside each old bin are spread evenly."""
-    bins = counts.numel()
-    cumulative = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    edges = torch.linspace(new_low, new_high, bins + 1, dtype=torch.float64)
-    position = ((edges - old_low) / (old_high - old_low) * bins).clamp(0, bins)
-    index = position.floor().long().clamp(max=bins - 1)
-    below = cumulative[index]
-    return (below + (position - index) * (cumulative[index + 1] - below)).diff()
+        return {**super()._settings(), "search_step": self.search_step}
 
 
 def _best_symmetric_range(counts: torch.Tensor, low: float, high: float, levels: int) -> tuple[float, float]:
