@@ -50,6 +50,8 @@ class NodeInfo:
         qconfig_rule: the QConfigMapping rule that chose ``qconfig``.
         precision: the numeric precision assigned (e.g. "int8"); None until assigned.
         observers: role -> observer module name ("output", "input0", "weight").
+        statistics: role ("input0") -> the ``ChannelStatistics`` module recording that input's per-channel
+            statistics during calibration, for convert-side passes (bias correction) that need more than a range.
         qparams: role -> dict(dtype, scale, zero_point, ...) fixed at convert time.
         lowered_to: what the node became ("quantize_per_tensor", "reference:linear", a kernel name...).
         float_reason: why the node was left in float, when it was.
@@ -68,6 +70,7 @@ class NodeInfo:
     qconfig_rule: str | None = None
     precision: str | None = None
     observers: dict[str, str] = field(default_factory=dict)
+    statistics: dict[str, str] = field(default_factory=dict)
     qparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     lowered_to: str | None = None
     float_reason: str | None = None
@@ -100,7 +103,7 @@ def leave_float(node: Node, reason: str) -> None:
 
 def copy_record(record: NodeInfo) -> NodeInfo:
     """An independent copy of a record. Its qconfig and types are immutable and shared; its containers are new."""
-    return replace(record, observers=dict(record.observers),
+    return replace(record, observers=dict(record.observers), statistics=dict(record.statistics),
                    qparams={role: dict(values) for role, values in record.qparams.items()},
                    declined=list(record.declined), history=list(record.history))
 

@@ -15,6 +15,9 @@ _BUILTIN_MODULES = {
     "equalize": "fxq.passes.equalize",
     "assign-qconfig": "fxq.passes.assign_qconfig",
     "insert-observers": "fxq.passes.insert_observers",
+    "record-input-statistics": "fxq.passes.record_input_statistics",
+    "bias-correction": "fxq.passes.bias_correction",
+    "smooth": "fxq.passes.smooth",
     "lower": "fxq.passes.lower",
     "cleanup": "fxq.passes.cleanup",
 }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from fxq.observers import MinMaxObserver, Observer
 
 
 def quantize_with(observer, tensor: torch.Tensor, qparams: tuple | None = None) -> torch.Tensor:
@@ -30,3 +34,34 @@ def describe_qparams(observer, qparams: tuple | None = None) -> dict:
         low, high = seen
         result.update(min=low.tolist() if low.dim() else float(low), max=high.tolist() if high.dim() else float(high))
     return result
+
+
+class QuantizedWeight(NamedTuple):
+    """A weight as ``lower`` stores it: the observer that chose its qparams, the qparams, the quantized tensor, and
+    why it is per tensor when the qconfig asked per channel (None otherwise)."""
+
+    observer: Observer
+    qparams: tuple
+    qweight: torch.Tensor
+    why_per_tensor: str | None
+
+
+def quantize_weight(qconfig, support, weight: torch.Tensor, node_name: str) -> QuantizedWeight:
+    """Quantize ``weight`` with ``qconfig``'s weight observer, per tensor if the backend's kernel needs it
+    (``support.per_tensor_weight``). ``lower`` and ``bias-correction`` both call this, so the error bias correction
+    compensates is exactly the error lowering makes."""
+    observer = qconfig.weight()
+    why_per_tensor = support.per_tensor_weight if support is not None and observer.per_channel else None
+    if why_per_tensor:
+        observer = per_tensor_like(observer)
+    observer.node_name = f"{node_name} (weight)"
+    observer(weight.detach())
+    qparams = observer.calculate_qparams()
+    return QuantizedWeight(observer, qparams, quantize_with(observer, weight, qparams), why_per_tensor)
+
+
+def per_tensor_like(observer: Observer) -> Observer:
+    """A per-tensor min/max observer with the same dtype, scheme and range as a per-channel one."""
+    custom = {"quant_min": observer.quant_min, "quant_max": observer.quant_max} if observer.custom_range else {}
+    return MinMaxObserver(dtype=observer.dtype, symmetric=observer.symmetric, eps=observer.eps,
+                          reduce_range=observer.reduce_range and not observer.custom_range, **custom)
