@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fxq.annotation import info
 from fxq.errors import CalibrationError, ConfigError
 
 
@@ -122,3 +123,16 @@ class ChannelStatistics(nn.Module):
     def extra_repr(self) -> str:
         seen = f", channels={self.sum.numel()}, count={int(self.count)}" if self.has_data else ", no data"
         return f"axis={self.axis}{seen}"
+
+
+def drop_statistics(rw) -> None:
+    """Remove every ``ChannelStatistics`` call and module from ``rw``'s graph (a ``fxq.rewriter.Rewriter``) and
+    the records naming them: they only watch calibration, and a native lowering rule cannot match through one."""
+    for node in list(rw.gm.graph.nodes):
+        if node.op == "call_module" and isinstance(rw.modules.get(node.target), ChannelStatistics):
+            node.replace_all_uses_with(node.args[0])
+            rw.gm.graph.erase_node(node)
+            rw.gm.delete_submodule(node.target)
+            del rw.modules[node.target]
+    for node in rw.gm.graph.nodes:
+        info(node).statistics.clear()

@@ -27,7 +27,7 @@ from fxq.nn.fused import FusedModule
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import quantize_weight
 from fxq.rewriter import Declined, Rewriter
-from fxq.statistics import ChannelStatistics
+from fxq.statistics import ChannelStatistics, drop_statistics
 
 NAME = "bias-correction"
 # Functional convs: F.conv2d(input, weight, bias, stride, padding, dilation, groups) and
@@ -145,17 +145,6 @@ def _record(node: Node, correction: torch.Tensor, old_bias: torch.Tensor | None)
                       f"{summary['mean_abs']:.3g} ({relative})")
 
 
-def _remove_statistics(rw: Rewriter) -> None:
-    for node in list(rw.gm.graph.nodes):
-        if node.op == "call_module" and isinstance(rw.modules.get(node.target), ChannelStatistics):
-            node.replace_all_uses_with(node.args[0])
-            rw.gm.graph.erase_node(node)
-            rw.gm.delete_submodule(node.target)
-            del rw.modules[node.target]
-    for node in rw.gm.graph.nodes:
-        info(node).statistics.clear()
-
-
 @register_pass
 @dataclass(frozen=True)
 class BiasCorrection(GraphPass):
@@ -175,5 +164,5 @@ class BiasCorrection(GraphPass):
             outcome = _correct(rw, node, backend.support(info(node).concept), rw.modules[name])
             if isinstance(outcome, Declined):
                 info(node).declined.append((NAME, outcome.reason))
-        _remove_statistics(rw)
+        drop_statistics(rw)
         return gm

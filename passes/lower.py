@@ -25,6 +25,7 @@ from fxq.observers import MinMaxObserver, Observer
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import describe_qparams, quantize_with
 from fxq.rewriter import Rewriter, drop_unused_submodules
+from fxq.statistics import drop_statistics
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -42,6 +43,7 @@ class Lower(GraphPass):
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         backend = get_backend(ctx.backend)
         rw = Rewriter(gm, self.name)
+        drop_statistics(rw)  # left by a prepare-side recorder whose convert-side reader did not run
         computed: dict[str, tuple] = {}  # observer name -> qparams: a shared observer is searched once
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
