@@ -152,3 +152,18 @@ def test_dynamic_qconfig_places_no_observers_and_marks_supported_modules():
     assert nodes["fc"].precision == "dynamic qint8" and nodes["fc"].concept == "linear_relu"
     assert nodes["lstm"].precision == "dynamic qint8"
     assert "no dynamic kernel for getitem" in nodes["getitem"].float_reason
+
+
+class Pools(nn.Module):
+    def forward(self, x):
+        y = torch.sigmoid(x)
+        return F.adaptive_avg_pool2d(y, 1).flatten(1)
+
+
+def test_average_pool_is_observed_both_ways_for_lower_to_choose():
+    gm = _observed(Pools(), torch.randn(2, 3, 4, 4))
+    assert _sequence(gm) == ["obs:obs_x", "sigmoid", "obs:obs_sigmoid",
+                             "adaptive_avg_pool2d", "obs:obs_adaptive_avg_pool2d",  # its own...
+                             "flatten", "obs:obs_adaptive_avg_pool2d"]
+    pool = next(n for n in gm.graph.nodes if n.name == "adaptive_avg_pool2d")
+    assert info(pool).observers == {"input0": "obs_sigmoid", "output": "obs_adaptive_avg_pool2d"}  # ...and its input's
