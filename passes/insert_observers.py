@@ -2,9 +2,10 @@
 
 Needs qconfigs assigned (and ``ctx.example_inputs``, to learn which values are float tensors). Afterwards each
 op that the backend can quantize and whose qconfig is not None has observers on its float tensor inputs and on
-its output: its own (``qconfig.activation``) or the input's (ops such as maxpool that cannot widen the range).
-An op whose kernel can return float (the backend table's ``float_output``) gets no output observer when no op
-reads its output as int8 (only float ops, or the model's output): it is marked ``FLOAT_OUTPUT`` instead.
+its output: its own (``qconfig.activation``) or the input's (ops such as maxpool that cannot widen the range), or
+for average pools both, for ``lower`` to choose from. An op whose kernel can return float (the backend table's
+``float_output``) gets no output observer when no op reads its output as int8 (only float ops, or the model's
+output): it is marked ``FLOAT_OUTPUT`` instead.
 Shared ops whose input is float stay float. Each tensor has at most one observer however many users it has;
 integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
 """
@@ -81,8 +82,8 @@ class _Placement:
         if support.weighted and record.qconfig.weight is None:
             leave_float(node, "its qconfig has no weight observer")
             return
-        if support.observation is Observation.SHARED:
-            self._share(node)
+        if support.observation is not Observation.OWN:
+            self._share(node, narrowing=support.observation is Observation.NARROWING)
             return
         if not is_float_tensor(node):
             leave_float(node, "its output is not a float tensor")
@@ -109,7 +110,7 @@ class _Placement:
         support = self.backend.support(record.concept)
         if support is None:
             return False
-        return support.observation is not Observation.SHARED or self._read_as_int8(reader)
+        return support.observation is Observation.OWN or self._read_as_int8(reader)
 
     def _dynamic(self, node: Node) -> None:
         """Dynamic ops quantize their input at run time: nothing to observe; ``lower`` swaps the module."""
@@ -121,13 +122,18 @@ class _Placement:
             leave_float(node, f"no dynamic kernel for {what}: dynamic quantization covers Linear (with a fused "
                               "ReLU), LSTM and GRU modules")
 
-    def _share(self, node: Node) -> None:
+    def _share(self, node: Node, narrowing: bool) -> None:
+        """The output reuses the input's observer; a narrowing op's output also gets its own, recorded next to
+        the input's (role "input0"), and ``lower`` picks one of the two from what calibration saw."""
         source = node.args[0] if node.args else None
         observer = self.quantized.get(source) if isinstance(source, Node) else None
         if not (is_float_tensor(source) or float_tensors_in(source)):
             leave_float(node, "it does not operate on a float tensor")
         elif observer is None:
             leave_float(node, "its input is float, so it runs in float too")
+        elif is_float_tensor(node) and narrowing:
+            info(node).observers["input0"] = observer
+            self._observe_output(node, self._add_observer(node, info(node).qconfig.activation()))
         elif is_float_tensor(node):
             self._observe_output(node, observer)
         elif float_tensors_in(node):

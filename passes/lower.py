@@ -2,13 +2,15 @@
 
 Needs an observed graph whose observers have seen calibration data (an observer that saw none is an error
 naming its node). Afterwards every observer is an explicit ``quantize_per_tensor -> dequantize`` pair with the
-observed qparams, weighted ops hold their weight as a quantized tensor (per-tensor or per-channel, as the
-weight observer says), and the backend's lowering rules (none for "reference") have rewritten the reference
-patterns they support into native kernels. Every op node records what it became, or why it stayed float.
+observed qparams (an average pool's output takes its input's unless calibration saw it far narrower), weighted
+ops hold their weight as a quantized tensor (per-tensor or per-channel, as the weight observer says), and the
+backend's lowering rules (none for "reference") have rewritten the reference patterns they support into native
+kernels. Every op node records what it became, or why it stayed float.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -16,14 +18,14 @@ import torch
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, leave_float
-from fxq.backends import get_backend
+from fxq.backends import Observation, get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized.engine import using_engine
 from fxq.nn.reference import WeightQuantized
-from fxq.observers import MinMaxObserver, Observer
+from fxq.observers import Observer
 from fxq.pass_registry import register_pass
-from fxq.quantize_tensor import describe_qparams, quantize_with
+from fxq.quantize_tensor import describe_qparams, quantize_weight, quantize_with
 from fxq.rewriter import Rewriter, drop_unused_submodules
 from fxq.statistics import drop_statistics
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
@@ -45,6 +47,7 @@ class Lower(GraphPass):
         rw = Rewriter(gm, self.name)
         drop_statistics(rw)  # left by a prepare-side recorder whose convert-side reader did not run
         computed: dict[str, tuple] = {}  # observer name -> qparams: a shared observer is searched once
+        _share_unless_narrower(rw, backend, computed)
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
                 _quantize_dequantize(rw, node, computed)
@@ -90,6 +93,42 @@ def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -
     producer.qparams.setdefault("output", qparams)
 
 
+# Sharing the input's scale costs log2(input's scale / own scale) bits of the output's 8; beyond 3 bits (a global
+# pool of zero-centred values: 25-50x narrower, 7-11 dB shared) the op gets its own qparams and runs in float
+# between a dequantize and a quantize. Post-ReLU features pooled in ResNet-style nets are 1.1-6x narrower: int8.
+NARROWER = 8.0
+
+
+def _share_unless_narrower(rw: Rewriter, backend, computed: dict[str, tuple]) -> None:
+    """Average pools observed both ways (``insert-observers``) keep their input's qparams, so native backends run
+    them on the int8 tensor, unless the pool's own calibrated scale is more than NARROWER times finer: then it
+    keeps its own, with the reason in ``qparams["output"]["why_own"]``."""
+    replaced: dict[str, str] = {}  # the pool's own observer -> its input's
+    for node in rw.gm.graph.nodes:
+        support = backend.support(info(node).concept) if node.op in _OPS else None
+        observers = info(node).observers
+        if support is None or support.observation is not Observation.NARROWING or "input0" not in observers:
+            continue
+        own = observers["output"]
+        shared = replaced.get(observers["input0"], observers["input0"])  # a pool after a pool that shares
+        for name in (shared, own):
+            if name not in computed:
+                computed[name] = rw.modules[name].calculate_qparams()
+        ratio = float(computed[shared][0]) / float(computed[own][0])
+        if ratio <= NARROWER:
+            replaced[own] = shared
+            continue
+        info(node).qparams["output"] = {**describe_qparams(rw.modules[own], computed[own]), "why_own": (
+            f"calibration saw its output {ratio:.0f}x narrower than its input: on the input's scale it would "
+            f"keep {8 - math.log2(ratio):.1f} of its 8 bits, so it has its own qparams and runs in float between "
+            "a dequantize and a quantize")}
+    for node in rw.gm.graph.nodes:  # shared ops after a pool (a flatten) observe with its observer too
+        if node.op == "call_module" and node.target in replaced:
+            node.target = replaced[node.target]
+        roles = info(node).observers
+        roles.update({role: replaced[name] for role, name in roles.items() if name in replaced})
+
+
 def _lower_dynamic(rw: Rewriter, node: Node) -> None:
     """A module with a dynamic qconfig becomes its dynamic runtime module (weights quantized now, activations at
     run time)."""
@@ -124,14 +163,7 @@ def _quantize_weight(rw: Rewriter, node: Node, support) -> None:
         if weight is None:
             info(node).declined.append(("lower", f"weight {weight_node} is computed at run time; kept float"))
             return
-    observer = info(node).qconfig.weight()
-    per_tensor_because = support.per_tensor_weight if observer.per_channel else None
-    if per_tensor_because:
-        observer = _per_tensor_like(observer)
-    observer.node_name = f"{node.name} (weight)"
-    observer(weight.detach())
-    qparams = observer.calculate_qparams()
-    qweight = quantize_with(observer, weight, qparams)
+    observer, qparams, qweight, per_tensor_because = quantize_weight(info(node).qconfig, support, weight, node.name)
     if node.op == "call_module":
         rw.set_module(node.target, WeightQuantized(module, qweight, weight_name))
     else:
@@ -167,13 +199,6 @@ def _dequantize_to_contiguous(rw: Rewriter) -> None:
 
 def _is_quantize(node) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is torch.quantize_per_tensor
-
-
-def _per_tensor_like(observer: Observer) -> Observer:
-    """A per-tensor min/max observer with the same dtype, scheme and range as a per-channel one."""
-    custom = {"quant_min": observer.quant_min, "quant_max": observer.quant_max} if observer.custom_range else {}
-    return MinMaxObserver(dtype=observer.dtype, symmetric=observer.symmetric, eps=observer.eps,
-                          reduce_range=observer.reduce_range and not observer.custom_range, **custom)
 
 
 def _quantized(record) -> bool:

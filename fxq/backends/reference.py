@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fxq.backends.table import Backend, Observation, OpSupport, table
 
-OWN, SHARED = Observation.OWN, Observation.SHARED
+OWN, SHARED, NARROWING = Observation.OWN, Observation.SHARED, Observation.NARROWING
 
 _WEIGHTED = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 _FUSED = ["linear_relu", "conv1d_relu", "conv2d_relu", "conv3d_relu"]
@@ -19,10 +19,13 @@ _FUSED = ["linear_relu", "conv1d_relu", "conv2d_relu", "conv3d_relu"]
 _OWN = ["add", "mul", "add_relu", "mul_relu", "matmul", "cat", "layer_norm", "group_norm", "instance_norm", "batch_norm",
         "batch_norm_relu", "gelu", "silu", "hardswish", "elu", "leaky_relu", "softmax", "sigmoid", "hardsigmoid",
         "tanh", "mean"]
-_SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
-           "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "flatten",
-           "reshape", "transpose", "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity",
-           "getitem", "chunk", "split"]
+_SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "flatten", "reshape", "transpose",
+           "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity", "getitem", "chunk", "split"]
+# Average pools keep their input's qparams, so a CNN's int8 chain stays unbroken (ResNet's pool of post-ReLU
+# features is 1.1-6x narrower than its input), unless calibration shows the output far narrower: a global mean of
+# zero-centred values spans a few of its input's steps (fuzzed: 25-50x narrower, 7-11 dB shared). See ``lower``.
+_NARROWING = ["avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+              "adaptive_avg_pool3d"]
 
 # Ops whose int8 kernel can also return float (fbgemm's linear): the reference backend computes what that kernel
 # does, so native results stay checkable against it.
@@ -33,6 +36,7 @@ REFERENCE_OPS = table(
     + [OpSupport(name, OWN, weighted=True, float_output=name in _FLOAT_OUTPUT) for name in _FUSED]
     + [OpSupport(name, OWN) for name in _OWN]
     + [OpSupport(name, SHARED) for name in _SHARED]
+    + [OpSupport(name, NARROWING) for name in _NARROWING]
 )
 
 REFERENCE = Backend("reference", REFERENCE_OPS)

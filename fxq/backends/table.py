@@ -4,6 +4,8 @@ dtypes it accepts. Passes consult the table; they never name a backend.
 Observation kinds:
 - OWN: the op's output gets its own observer and qparams (linear, conv, add, sigmoid, ...).
 - SHARED: the output reuses the input's qparams because the op cannot widen the range (maxpool, flatten...).
+- NARROWING: the output is observed too, and reuses the input's qparams unless calibration shows it far narrower
+  (average pools: a global mean of zero-centred values is a few steps of its input's range); ``lower`` decides.
 (There is no "fixed qparams" kind: a bounded op's bound is only an upper limit of its observed range; see the
 reference table. A mapping may still give an op a ``FixedQParamsObserver``.)
 """
@@ -22,6 +24,7 @@ from fxq.errors import ConfigError
 class Observation(enum.Enum):
     OWN = "own qparams"
     SHARED = "shares its input's qparams"
+    NARROWING = "shares its input's qparams unless its observed output is far narrower"
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,18 @@ def test_ops_without_a_float_output_kernel_are_always_observed():
     gm = _observed(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4))
     (conv,) = [n for n in gm.graph.nodes if info(n).concept == "conv2d"]
     assert "output" in info(conv).observers and info(conv).precision is None
+
+
+class Pools(nn.Module):
+    def forward(self, x):
+        y = torch.sigmoid(x)
+        return F.adaptive_avg_pool2d(y, 1).flatten(1)
+
+
+def test_average_pool_is_observed_both_ways_for_lower_to_choose():
+    gm = _observed(Pools(), torch.randn(2, 3, 4, 4))
+    assert _sequence(gm) == ["obs:obs_x", "sigmoid", "obs:obs_sigmoid",
+                             "adaptive_avg_pool2d", "obs:obs_adaptive_avg_pool2d",  # its own...
+                             "flatten", "obs:obs_adaptive_avg_pool2d"]
+    pool = next(n for n in gm.graph.nodes if n.name == "adaptive_avg_pool2d")
+    assert info(pool).observers == {"input0": "obs_sigmoid", "output": "obs_adaptive_avg_pool2d"}  # ...and its input's

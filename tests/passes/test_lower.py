@@ -124,3 +124,39 @@ def test_lower_swaps_dynamic_modules_with_the_qconfigs_weight_observer():
     assert first.qweight.int_repr().abs().max() <= 64  # the x86 dynamic qconfig's 7-bit weight range
     assert info(next(n for n in gm.graph.nodes if n.target == "2")).lowered_to == "DynamicLinear(dynamic qint8)"
     assert (gm(x) - model(x)).abs().max() < 0.05
+
+
+class GlobalPool(nn.Module):
+    """A 1x1 conv, optionally through a ReLU, then a global average pool."""
+
+    def __init__(self, relu):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(8, 8, 1), relu
+
+    def forward(self, x):
+        y = self.conv(x)
+        return F.adaptive_avg_pool2d(torch.relu(y) if self.relu else y, 1).flatten(1)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["post-relu", "zero-centred"])
+def test_average_pool_shares_its_inputs_qparams_unless_calibration_shows_it_far_narrower(relu):
+    """Over 8x8 positions the pooled post-ReLU features are 6x narrower than their input (2.6 bits lost: kept
+    int8); over 16x16 zero-centred ones, 25x (4.6 bits: own qparams)."""
+    torch.manual_seed(0)
+    model = GlobalPool(relu)
+    with torch.no_grad():
+        model.conv.bias.zero_()
+    x = torch.randn(4, 8, 8, 8) if relu else torch.randn(4, 8, 16, 16)
+    gm = _prepared(model, x)
+    gm(x)
+    out = _lowered(gm)
+    pool = next(n for n in out.graph.nodes if n.name == "adaptive_avg_pool2d")
+    source = pool.args[0]
+    while source.target != torch.quantize_per_tensor:
+        source = source.args[0]
+    input_scale, pool_scale = source.args[1], info(pool).qparams["output"]["scale"]
+    why = info(pool).qparams["output"].get("why_own")
+    if relu:
+        assert pool_scale == input_scale and why is None
+    else:
+        assert pool_scale < input_scale / 8 and "narrower than its input" in why
