@@ -161,7 +161,11 @@ class BiasCorrection(GraphPass):
             name = info(node).statistics.get("input0")
             if name is None:
                 continue
-            outcome = _correct(rw, node, backend.support(info(node).concept), rw.modules[name])
+            stats = rw.modules[name]
+            if not stats.has_data:  # a dynamic layer nobody calibrated; a static one's observer reports it
+                info(node).declined.append((NAME, "no calibration data reached its input"))
+                continue
+            outcome = _correct(rw, node, backend.support(info(node).concept), stats)
             if isinstance(outcome, Declined):
                 info(node).declined.append((NAME, outcome.reason))
         drop_statistics(rw)

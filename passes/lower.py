@@ -27,8 +27,8 @@ from fxq.observers import Observer
 from fxq.pass_registry import register_pass
 from fxq.quantize_tensor import describe_qparams, quantize_weight, quantize_with
 from fxq.rewriter import Rewriter, drop_unused_submodules
-from fxq.statistics import drop_statistics
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
+from fxq.statistics import drop_statistics
 
 _OPS = ("call_module", "call_function", "call_method")
 

@@ -77,6 +77,8 @@ def test_cnn_recipe_corrects_biases_and_leaves_no_statistics_behind():
     assert quantized.meta["fxq_recipe"]["name"] == "cnn"
     corrected = [info(n) for n in quantized.graph.nodes if "bias_correction" in info(n).qparams]
     assert len(corrected) >= 6 and all(r.lowered_to.startswith("Quantized") for r in corrected)
+    rows = [row for row in fxq.inspect(quantized) if row.weight]
+    assert rows and all("bias corrected (max" in row.weight for row in rows)  # the dump shows the correction
     baseline = fxq.quantize(model, example_inputs("resnet"), calibration_batches("resnet"), recipe="none")
     with torch.no_grad():
         reference = torch.cat([model(*batch) for batch in eval_batches("resnet")])

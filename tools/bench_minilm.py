@@ -12,13 +12,13 @@ import warnings
 from functools import partial
 
 import torch
+from fxq.tools.bench import cpu_flags_line, time_interleaved
+from fxq.tools.ort_peer import ort_static_int8
+from fxq.tools.sentences import SENTENCES
 from tabulate import tabulate
 from torch import nn
 
 import fxq
-from fxq.tools.bench import cpu_flags_line, time_interleaved
-from fxq.tools.ort_peer import ort_static_int8
-from fxq.tools.sentences import SENTENCES
 
 CALIBRATION_SENTENCES = 24
 
@@ -73,7 +73,7 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
     reference = {padding: embeddings(_Positional(model), tokenizer, padding) for padding in (True, "max_length")}
     encoded = tokenizer(SENTENCES[:CALIBRATION_SENTENCES], padding="max_length", max_length=64, truncation=True,
                         return_tensors="pt")
-    calibration = list(zip(encoded["input_ids"].split(8), encoded["attention_mask"].split(8)))
+    calibration = list(zip(encoded["input_ids"].split(8), encoded["attention_mask"].split(8), strict=True))
     variants = {
         "fp32": _Positional(model),
         "fxq static int8 (defaults)": fxq.quantize(model, calibration[0], calibration, backend="x86", capture="auto"),

@@ -24,7 +24,7 @@ def ort_static_int8(model: nn.Module, names: tuple[str, ...], calibration: list[
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{name: t.numpy() for name, t in zip(names, batch)} for batch in calibration])
+            self.batches = iter([{name: t.numpy() for name, t in zip(names, batch, strict=True)} for batch in calibration])
 
         def get_next(self):
             return next(self.batches, None)
@@ -40,7 +40,7 @@ def ort_static_int8(model: nn.Module, names: tuple[str, ...], calibration: list[
                                            providers=["CPUExecutionProvider"])
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor]:
-        feed = {name: t.numpy() for name, t in zip(names, inputs)}
+        feed = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
         return (torch.from_numpy(session.run(None, feed)[0]),)
 
     return run

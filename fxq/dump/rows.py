@@ -131,7 +131,7 @@ def _row(node: Node, record: NodeInfo, modules: dict, value_of, error, category:
         scale=output.get("scale"),
         zero_point=output.get("zero_point"),
         qdtype=output.get("dtype"),
-        weight=_describe_weight(record.qparams.get("weight")),
+        weight=_describe_weight(record),
         status=status_of(record),
         sqnr_db=error.sqnr_db if error else None,
         own_sqnr_db=error.own_sqnr_db if error else None,
@@ -181,7 +181,10 @@ def describe_qconfig(qconfig) -> str | None:
     return "; ".join(parts)
 
 
-def _describe_weight(weight: dict | None) -> str | None:
+def _describe_weight(record: NodeInfo) -> str | None:
+    """The weight's quantization, then what passes changed in it: equalization and smoothing factors' range, the
+    bias correction applied."""
+    weight = record.qparams.get("weight")
     if not weight:
         return None
     text = f"{weight['dtype']} {weight['scheme'].replace('_', '-')}"
@@ -189,7 +192,15 @@ def _describe_weight(weight: dict | None) -> str | None:
         text += f" ({len(weight['scale'])} ch, axis {weight['axis']})"
     if weight.get("why_per_tensor"):
         text += f": {weight['why_per_tensor']}"
-    return text
+    changes = [f"equalized ({stamp.rule})" for stamp in record.history if stamp.pass_name == "equalize"]
+    smoothing = record.qparams.get("smoothing")
+    if smoothing:
+        changes.append(f"smoothed alpha {smoothing['alpha']}, s {smoothing['scale_min']:.3g}..{smoothing['scale_max']:.3g}"
+                       f" ({smoothing['placement']})")
+    correction = record.qparams.get("bias_correction")
+    if correction:
+        changes.append(f"bias corrected (max {correction['max_abs']:.3g}, mean {correction['mean_abs']:.3g})")
+    return "; ".join([text, *changes])
 
 
 def _dtype(value) -> str | None:

@@ -16,7 +16,7 @@ import fxq
 from fxq.annotation import info
 from fxq.backends import get_backend, register_backend
 from fxq.backends.x86 import PER_TENSOR_TRANSPOSED
-from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
+from fxq.nn.quantized import QuantizedConv, QuantizedLinearFloatOutput
 from tests.models import sqnr
 
 for _name in ("x86", "qnnpack"):

@@ -9,12 +9,11 @@ straight from its int8 kernel rather than an int8 output on such a scale (0.944 
 
 import functools
 
-import torch
+from fxq.tools.sentences import SENTENCES
 from torch import nn
 
 import fxq
 from tests.dynamic.minilm import embed, load_minilm
-from fxq.tools.sentences import SENTENCES
 
 
 class _ByKeyword(nn.Module):

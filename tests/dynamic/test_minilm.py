@@ -1,12 +1,12 @@
 """Dynamic int8 quantization of the real all-MiniLM-L6-v2: embeddings stay close, linear weights shrink."""
 
 import torch
+from fxq.tools.sentences import SENTENCES
 from torch import nn
 
 import fxq
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from tests.dynamic.minilm import embed, load_minilm
-from fxq.tools.sentences import SENTENCES
 
 
 def test_dynamic_int8_minilm_embeddings_match_float():

@@ -25,7 +25,7 @@ def corrected(monkeypatch):
                             (*base_prepare, "record-input-statistics") if correct else base_prepare)
         monkeypatch.setattr(fxq.api, "CONVERT_PASSES", ("bias-correction", *base_convert) if correct else base_convert)
         prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping(backend), batches[0], backend=backend,
-                               **prepare_options)
+                               recipe="none", **prepare_options)  # the passes under test, and no recipe's
         with torch.no_grad():
             for batch in batches:
                 prepared(*batch)
@@ -239,7 +239,8 @@ def test_dynamic_int8_linears_are_corrected_too(monkeypatch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.ReLU(), nn.Linear(16, 4)).eval()
     x = torch.randn(64, 8) + 1
-    prepared = fxq.prepare(model, fxq.QConfigMapping().set_global(fxq.get_default_dynamic_qconfig()), (x,))
+    prepared = fxq.prepare(model, fxq.QConfigMapping().set_global(fxq.get_default_dynamic_qconfig()), (x,),
+                           recipe="none")
     prepared(x)
     converted = fxq.convert(prepared)
     means = (x.double().mean(0), torch.relu(model[0](x)).double().mean(0))

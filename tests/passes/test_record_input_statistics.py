@@ -81,7 +81,7 @@ class _Net(nn.Module):
 
 def _prepared(model, x, backend="reference"):
     mapping = fxq.get_default_qconfig_mapping(backend).set_module_name("float_conv", None)
-    prepared = fxq.prepare(model, mapping, (x,), backend=backend)
+    prepared = fxq.prepare(model, mapping, (x,), backend=backend, recipe="none")
     return fxq.PassManager("record-input-statistics").run(prepared, PassContext(backend=backend)).graph_module
 
 

@@ -25,7 +25,7 @@ def pipeline(monkeypatch):
     def prepare(model, batches, backend="reference", mapping=None, **options):
         monkeypatch.setattr(fxq.api, "PREPARE_PASSES", (*BASE_PREPARE, "record-input-statistics"))
         mapping = mapping or fxq.get_default_qconfig_mapping(backend)
-        prepared = fxq.prepare(model, mapping, batches[0], backend=backend, **options)
+        prepared = fxq.prepare(model, mapping, batches[0], backend=backend, recipe="none", **options)
         with torch.no_grad():
             for batch in batches:
                 prepared(*batch)
