@@ -88,14 +88,18 @@ def _hf_bert_case() -> Case:
 
 
 def cpu_flags_line() -> str:
-    """The int8-relevant ISA flags of this CPU: x86 kernels and their numerics differ with VNNI and AVX-512."""
+    """The CPU's model and int8-relevant ISA flags: x86 kernels and their speed differ with VNNI and AVX-512, and
+    between vendors (fbgemm's AVX2 int8 linear is ~5x fp32 on the Intel machine this was first measured on, ~2.4x
+    on an AMD EPYC)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+            lines = f.readlines()
     except OSError:
         return "cpu flags: unknown (no /proc/cpuinfo)"
+    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    return "cpu flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
+    return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
 def _median_ms(samples: list[float]) -> float:
