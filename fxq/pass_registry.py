@@ -18,6 +18,7 @@ _BUILTIN_MODULES = {
     "record-input-statistics": "fxq.passes.record_input_statistics",
     "bias-correction": "fxq.passes.bias_correction",
     "smooth": "fxq.passes.smooth",
+    "mask-padding": "fxq.passes.mask_padding",
     "lower": "fxq.passes.lower",
     "cleanup": "fxq.passes.cleanup",
 }

@@ -56,7 +56,7 @@ class _Placement:
         self.read_as_int8: dict[Node, bool] = {}
 
     def run(self) -> None:
-        self.masks = _mask_carriers(self.gm)
+        self.masks = mask_carriers(self.gm)
         for node in list(self.gm.graph.nodes):
             if node.op in _OPS and node not in self.quantized:
                 self._place(node)
@@ -178,7 +178,7 @@ class _Placement:
 MASK_CONSTANT = 1e4
 
 
-def _mask_carriers(gm: GraphModule) -> set[Node]:
+def mask_carriers(gm: GraphModule) -> set[Node]:
     """Nodes whose values come from a float mask constant (|c| >= MASK_CONSTANT, e.g. ``(1 - mask) * finfo.min``
     or the classic ``* -10000.0``; integer arguments are sizes and slice ends, such as export's ``slice(x, 0, 0,
     2**63 - 1)``, not values) or held extreme values on the example inputs, and every op computed from them, up

@@ -139,14 +139,19 @@ class Observer(nn.Module):
         """A picklable factory making this observer with ``kwargs`` (later keywords override them)."""
         return ObserverFactory(cls, kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Record ``x``'s statistics and return ``x`` itself."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Record ``x``'s statistics and return ``x`` itself. ``valid``: a bool mask over ``x``'s leading
+        dimensions (a batch's real tokens, padding False), so only those positions are recorded; ignored when the
+        shapes do not line up (a value laid out per head) and by per-channel observers."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise ConfigError(f"observer of node {self.node_name!r} got a {what} value; observers only watch "
                               "float tensors (was this value float for the example inputs given to prepare?)")
-        if x.numel():
-            self._observe(x.detach())
+        seen = x
+        if valid is not None and not self.per_channel and x.shape[:valid.dim()] == valid.shape and valid.any():
+            seen = x[valid]
+        if seen.numel():
+            self._observe(seen.detach())
         return x
 
     def _observe(self, x: torch.Tensor) -> None:
