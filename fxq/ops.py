@@ -78,6 +78,7 @@ _TABLE: list[Concept] = [
     _c("add", [], [operator.add, torch.add], ["add"], ["aten.add"], [operator.iadd], ["add_"]),
     _c("mul", [], [operator.mul, torch.mul], ["mul"], ["aten.mul"], [operator.imul], ["mul_"]),
     _c("matmul", [], [operator.matmul, torch.matmul, torch.bmm], ["matmul", "bmm"], ["aten.matmul", "aten.bmm"]),
+    _c("attention", [], [F.scaled_dot_product_attention], aten=["aten.scaled_dot_product_attention"]),
     _c("cat", [], [torch.cat, torch.concat], aten=["aten.cat"]),
     _c("max_pool1d", [nn.MaxPool1d], [F.max_pool1d], aten=["aten.max_pool1d"]),
     _c("max_pool2d", [nn.MaxPool2d], [F.max_pool2d], aten=["aten.max_pool2d"]),

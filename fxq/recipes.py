@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch.fx import GraphModule
 
 from fxq.annotation import info
@@ -57,9 +55,6 @@ CNN = Recipe("cnn", prepare_passes=("record-input-statistics",), convert_passes=
 NONE = Recipe("none")
 RECIPES = {recipe.name: recipe for recipe in (TRANSFORMER, CNN, NONE)}
 
-_ATTENTION_TARGETS = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention)
-
-
 def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str]:
     """The recipe for ``gm`` (a normalized graph) and why: the one named, or for "auto" the one the graph's ops
     call for. Raises ConfigError for an unknown name."""
@@ -70,9 +65,7 @@ def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str
             raise ConfigError(f"unknown recipe {requested!r}; choose one of 'auto', {', '.join(map(repr, RECIPES))}")
         return RECIPES[requested], "asked for by name"
     counts = Counter(info(node).concept for node in gm.graph.nodes if node.op != "placeholder")
-    attention = sum(1 for node in gm.graph.nodes
-                    if getattr(node.target, "overloadpacket", node.target) in _ATTENTION_TARGETS)
-    attention += min(counts["softmax"], counts["matmul"])
+    attention = counts["attention"] + min(counts["softmax"], counts["matmul"])
     norms = counts["layer_norm"]
     convs = sum(counts[name] for name in ("conv1d", "conv2d", "conv3d"))
     if attention and norms:

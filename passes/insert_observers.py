@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule, Node
 
@@ -197,10 +195,7 @@ def mask_carriers(gm: GraphModule) -> set[Node]:
 
 def _absorbs_masks(node: Node) -> bool:
     """Softmax and attention turn masked scores back into ordinary values."""
-    if info(node).concept == "softmax":
-        return True
-    target = getattr(node.target, "overloadpacket", node.target)
-    return target in (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention)
+    return info(node).concept in ("softmax", "attention")
 
 
 def _flat_args(node: Node) -> list:

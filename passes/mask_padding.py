@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from fxq.passes.insert_observers import mask_carriers
 from torch.fx import GraphModule, Node
 
@@ -26,7 +25,6 @@ from fxq.rewriter import Rewriter
 from fxq.shapes import TensorInfo, value_of
 
 NAME = "mask-padding"
-_ATTENTION = (F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention)
 
 
 @register_pass
@@ -67,7 +65,7 @@ def _padding_mask(gm: GraphModule, example_inputs: tuple) -> Node | None:
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     targets = set(mask_carriers(gm))
     for node in gm.graph.nodes:
-        if getattr(node.target, "overloadpacket", node.target) in _ATTENTION:
+        if info(node).concept == "attention":
             attn_mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
             if isinstance(attn_mask, Node):
                 targets.add(attn_mask)

@@ -295,37 +295,24 @@ def _smooth(rw: Rewriter, group: list[_Site], placement: str, backend, min_gain_
                                f"-{gain:.1f} dB")
 
 
-def _remove_statistics(rw: Rewriter) -> None:
-    for node in list(rw.gm.graph.nodes):
-        if node.op == "call_module" and isinstance(rw.modules.get(node.target), ChannelStatistics):
-            node.replace_all_uses_with(node.args[0])
-            rw.gm.graph.erase_node(node)
-            rw.gm.delete_submodule(node.target)
-    for node in rw.gm.graph.nodes:
-        info(node).statistics.clear()
-
-
 @register_pass
 @dataclass(frozen=True)
 class Smooth(GraphPass):
     """SmoothQuant per linear, with its alpha chosen from the calibration statistics (see the module docstring).
+    The statistics stay, rescaled to the smoothed inputs, for a later ``bias-correction``; ``lower`` drops any
+    that remain.
 
     Attributes:
         min_gain_db: smooth only when the best factor lowers the estimated output noise by at least this much.
             Gaussian inputs without outliers estimate 0.5-1.6 dB (s evens out which channel's calibration
             extreme happened to be largest, which new data does not repeat); 3 of 64 channels 50x the rest,
-            5-11 dB.
-        keep_statistics: leave the (rescaled) statistics for a later pass (``bias-correction``, which removes
-            them). Without one, set it False: left in the graph they sit between each dequantize and its linear,
-            and native kernels cannot match.
-    """
+            5-11 dB.    """
 
     name = NAME
     requires = frozenset({"observed", "input_statistics"})
     provides = frozenset({"smoothed"})
     preserves_numerics = True
     min_gain_db: float = 3.0
-    keep_statistics: bool = True
 
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         backend = get_backend(ctx.backend)
@@ -350,6 +337,4 @@ class Smooth(GraphPass):
             group = group or [site]
             done.update(member.node for member in group)
             _smooth(rw, group, placement, backend, self.min_gain_db, owned)
-        if not self.keep_statistics:
-            _remove_statistics(rw)
         return gm

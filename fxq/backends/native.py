@@ -70,18 +70,23 @@ def weighted_module(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined
     problem = _qnnpack_bias_overflows(native, _qparams_of(x.args[0]))
     if problem:
         return Declined(f"{op.name}: {problem}")
-    if keep_node:
-        rw.set_module(op.target, native)
-        op.args, op.kwargs = (x.args[0],), {}
-        node = op
-    else:
-        name = rw.unique_name(f"{op.name}_int8")
-        rw.gm.add_submodule(name, native)
-        rw.modules[name] = native
-        node = rw.insert("call_module", name, (x.args[0],), before=q, like=op)
+    node = _install(rw, op, native, keep_node, x.args[0], before=q)
     _becomes(node, q, op)
     info(node).lowered_to = type(native).__name__ + ("+relu" if native.relu else "")
     return node
+
+
+def _install(rw: Rewriter, op: Node, native: nn.Module, keep_node: bool, source: Node, before: Node) -> Node:
+    """The node that runs ``native`` on ``source`` in place of ``op``: ``op`` itself with its module swapped, or,
+    for a functional op, a call of ``native`` added as a new submodule."""
+    if keep_node:
+        rw.set_module(op.target, native)
+        op.args, op.kwargs = (source,), {}
+        return op
+    name = rw.unique_name(f"{op.name}_int8")
+    rw.gm.add_submodule(name, native)
+    rw.modules[name] = native
+    return rw.insert("call_module", name, (source,), before=before, like=op)
 
 
 def float_output_linear(rw: Rewriter, op: Node, x: Node) -> Node | Declined:
@@ -101,15 +106,8 @@ def float_output_linear(rw: Rewriter, op: Node, x: Node) -> Node | Declined:
     if isinstance(made, Declined):
         return made
     native, keep_node = made
-    if keep_node:
-        rw.set_module(op.target, native)
-        op.args, op.kwargs = (source,), {}
-        node = op
-    else:
-        name = rw.unique_name(f"{op.name}_int8")
-        rw.gm.add_submodule(name, native)
-        rw.modules[name] = native
-        node = rw.insert("call_module", name, (source,), before=op, like=op)
+    node = _install(rw, op, native, keep_node, source, before=op)
+    if node is not op:
         take_over(node, op)
     info(node).lowered_to = type(native).__name__ + ("+relu" if native.relu else "")
     return rw.stamp(node)

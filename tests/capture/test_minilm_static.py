@@ -10,21 +10,9 @@ straight from its int8 kernel rather than an int8 output on such a scale (0.944 
 import functools
 
 from fxq.tools.sentences import SENTENCES
-from torch import nn
 
 import fxq
 from tests.dynamic.minilm import embed, load_minilm
-
-
-class _ByKeyword(nn.Module):
-    """The exported model takes positional inputs; ``embed`` passes keywords."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids=None, attention_mask=None, **_):
-        return self.model(input_ids, attention_mask)
 
 
 def _padded(tokenizer, sentences, batch=8, length=64):
@@ -46,7 +34,7 @@ def _quantized_by_defaults():
 def _cosines(padding):
     tokenizer, model = load_minilm()
     reference = embed(model, tokenizer, SENTENCES, padding=padding)
-    got = embed(_ByKeyword(_quantized_by_defaults()), tokenizer, SENTENCES, padding=padding)
+    got = embed(_quantized_by_defaults(), tokenizer, SENTENCES, padding=padding)
     return (reference * got).sum(1)
 
 

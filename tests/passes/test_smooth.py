@@ -35,7 +35,7 @@ def pipeline(monkeypatch):
         # Nothing after smooth reads the statistics here (bias-correction would remove them): drop them, so
         # native kernels match. The baseline is the same pipeline with smoothing never chosen.
         gain = 3.0 if smooth else float("inf")
-        first = (Smooth(min_gain_db=gain, keep_statistics=False),)
+        first = (Smooth(min_gain_db=gain),)
         monkeypatch.setattr(fxq.api, "CONVERT_PASSES", (*first, *BASE_CONVERT))
         return fxq.convert(prepared)
 
