@@ -18,10 +18,11 @@ from torch.fx import GraphModule
 from fxq.annotation import copy_graph_module
 from fxq.backends import get_backend
 from fxq.capture import capture as capture_model
+from fxq.converted import ConvertedGraphModule, as_converted
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
-from fxq.input_guard import GuardedGraphModule, guard, input_records
+from fxq.input_guard import input_records
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
 from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
@@ -104,14 +105,14 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     with paused_gc():
         gm = prepared if inplace else copy_graph_module(prepared, share=observers)
         inputs = input_records(gm)
-        guard(gm, inputs)  # before the passes, whose final recompile then installs the guarded forward
+        as_converted(gm, inputs)  # before the passes, whose final recompile then installs its forward
         recipe = prepared.meta.get(RECIPE_KEY, {}).get("recipe")
         ctx = PassContext(backend=_lowering_backend(prepared, backend), recipe=recipe)
         passes = [*(recipe.convert_passes if recipe is not None else ()), *CONVERT_PASSES]
         result = PassManager(passes, keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
-    if not isinstance(converted, GuardedGraphModule):  # a pass returned a new module
-        guard(converted, inputs).recompile()
+    if not isinstance(converted, ConvertedGraphModule):  # a pass returned a new module
+        as_converted(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
     return _eval_mode(converted)
 
@@ -135,7 +136,7 @@ def _check_convertible(prepared) -> None:
                           "plain nn.Module: call fxq.prepare(model, qconfig_mapping, example_inputs), run "
                           "calibration data through the result, then convert that (or use fxq.quantize)")
     properties = properties_of(prepared)
-    if "lowered" in properties or isinstance(prepared, GuardedGraphModule):
+    if "lowered" in properties or isinstance(prepared, ConvertedGraphModule):
         raise ConfigError("convert() got a model that is already converted (it holds quantized ops, not "
                           "observers): use it as it is, or convert the model fxq.prepare() returned")
     if "observed" not in properties:

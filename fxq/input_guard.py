@@ -1,7 +1,7 @@
 """Clear errors for a converted model called with the wrong inputs, at no cost when the inputs are right.
 
-A converted model's forward is a hot path, so nothing is checked before it runs. ``GuardedGraphModule`` only
-catches what the forward raises: it then compares the actual inputs with what the example inputs given to
+A converted model's forward is a hot path, so nothing is checked before it runs. ``ConvertedGraphModule``
+(``fxq.converted``) only catches what the forward raises; ``diagnose`` then compares the actual inputs with what the example inputs given to
 ``fxq.prepare`` held (dtype, rank, example shape) and with the device of the model's weights, and, if any input
 differs, re-runs the graph under ``torch.fx.Interpreter`` to find the node that fails and what it expects. The
 result is an ``InputError`` chained to the original exception; an error the inputs do not explain is re-raised
@@ -10,10 +10,6 @@ unchanged.
 Wrong dtypes are not checked up front: every wrong dtype tried (float64/16, bfloat16, integers, quantized
 tensors) raises in the first quantize or kernel instead of giving a wrong answer, and a check on the recorded
 dtype would refuse inputs that work (an int64 mask recorded as float32).
-
-The guard is a GraphModule subclass rather than a hook: forward hooks are dropped by ``deepcopy`` and would
-put every call on ``nn.Module``'s slow path, and the generated code (``print(gm.code)``) stays as it was. The
-class survives ``copy.deepcopy`` and pickling (``torch.save``, ``fxq.save``) with its recorded inputs.
 """
 
 from __future__ import annotations
@@ -25,46 +21,12 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 
 from fxq.annotation import META_KEY
-from fxq.errors import FxqError, InputError
+from fxq.errors import InputError
 from fxq.shapes import VALUE_KEY, TensorInfo
 
-_INPUTS_ATTR = "_fxq_inputs"
+INPUTS_ATTR = "_fxq_inputs"
 _FIX = ("call the model with inputs like the example inputs given to fxq.prepare (dimensions the ops do not fix, "
         "such as the batch, may vary)")
-
-
-class GuardedGraphModule(GraphModule):
-    """A converted model: explains a failed call by the inputs that differ from the example inputs."""
-
-    def __call__(self, *args, **kwargs):
-        try:
-            return super().__call__(*args, **kwargs)
-        except FxqError:
-            raise
-        except Exception as err:
-            problem = diagnose(self, args, kwargs, err)
-            if problem is None:
-                raise
-            raise problem from err
-
-    def __deepcopy__(self, memo):
-        """GraphModule's deepcopy rebuilds the module from its graph and keeps only what the graph uses."""
-        result = super().__deepcopy__(memo)
-        setattr(result, _INPUTS_ATTR, recorded_inputs(self))
-        return result
-
-    def __reduce__(self):
-        """Unpickling re-traces the code into a plain GraphModule; ``_rebuild`` guards it again."""
-        rebuild, args = super().__reduce__()
-        return _rebuild, (rebuild, args)
-
-
-def _rebuild(rebuild, args) -> GraphModule:
-    """Unpickle with torch's own ``rebuild``, then guard the result (one more codegen, at load time only)."""
-    gm = rebuild(*args)  # the recorded inputs come back as a plain attribute of the module
-    guard(gm, recorded_inputs(gm))
-    gm.recompile()
-    return gm
 
 
 def input_records(gm: GraphModule) -> tuple[tuple[str, TensorInfo | None], ...]:
@@ -74,21 +36,7 @@ def input_records(gm: GraphModule) -> tuple[tuple[str, TensorInfo | None], ...]:
 
 def recorded_inputs(gm: GraphModule) -> tuple[tuple[str, TensorInfo | None], ...]:
     """What ``guard`` remembered for ``gm`` (kept on the module: node records do not survive pickling)."""
-    return getattr(gm, _INPUTS_ATTR, ())
-
-
-def guard(gm: GraphModule, inputs: tuple) -> GraphModule:
-    """Make ``gm`` a ``GuardedGraphModule`` remembering ``inputs`` (see ``input_records``), in place.
-
-    Like torch's GraphModule, each guarded module gets a class of its own (``recompile`` sets ``forward`` on the
-    class); the caller recompiles, or runs passes that do, before the module is called.
-    """
-    if not isinstance(gm, GuardedGraphModule):
-        name = type(gm).__name__
-        gm.__class__ = type("GraphModuleImpl", (GuardedGraphModule,), {})  # the name GraphModule.__new__ skips
-        type(gm).__name__ = name
-    setattr(gm, _INPUTS_ATTR, tuple(inputs))
-    return gm
+    return getattr(gm, INPUTS_ATTR, ())
 
 
 def diagnose(gm: GraphModule, args: tuple, kwargs: dict, err: Exception) -> InputError | None:

@@ -20,9 +20,10 @@ from torch.fx import GraphModule
 
 from fxq.annotation import META_KEY
 from fxq.api import RECORDS_KEY
+from fxq.converted import ConvertedGraphModule, as_converted
 from fxq.errors import ConfigError, LoadError
 from fxq.graph_pass import properties_of
-from fxq.input_guard import GuardedGraphModule, first_sentence, guard, input_records
+from fxq.input_guard import first_sentence, input_records
 from fxq.shapes import VALUE_KEY
 
 FORMAT, VERSION = "fxq-model", 1
@@ -68,8 +69,8 @@ def load(path: str | os.PathLike) -> GraphModule:
     gm: GraphModule = payload["module"]
     _restore_annotations(name, gm, payload["nodes"])
     gm.meta.update(payload["meta"])
-    if "lowered" in properties_of(gm) and not isinstance(gm, GuardedGraphModule):  # saved before the guard existed
-        guard(gm, input_records(gm)).recompile()
+    if "lowered" in properties_of(gm) and not isinstance(gm, ConvertedGraphModule):  # saved before the guard existed
+        as_converted(gm, input_records(gm)).recompile()
     return gm
 
 

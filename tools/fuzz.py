@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from fxq.tools.fuzz_models import FuzzCase, Program, Value, build_model, draw_inputs, instantiate
-from fxq.tools.fuzz_oracle import int8_ceiling
+from fxq.tools.fuzz_oracle import float32_precision, int8_ceiling
 
 import fxq
 from fxq.errors import FxqError, PassError
@@ -96,7 +96,11 @@ def _checks(case: FuzzCase, backend: str, floor: float) -> tuple[list[Finding], 
     except Exception as err:  # noqa: BLE001 - a converted model must run on inputs like its calibration data
         return [_classify(case, err, finding, refusable=False)], None
     findings, sqnr = _compare(expected, actual, floor, finding)
-    if sqnr is not None and sqnr < floor:
+    precision = float32_precision(case.model, case.evaluation) if sqnr is not None and sqnr < floor else None
+    if precision is not None and precision < floor + CEILING_MARGIN_DB:
+        findings.append(finding("ill_conditioned", f"SQNR {sqnr:.1f} dB; the float32 model itself reaches only "
+                                                   f"{precision:.1f} dB against float64"))
+    elif sqnr is not None and sqnr < floor:
         ceiling = int8_ceiling(case.model, case.calibration, case.evaluation, WEIGHT_LEVELS.get(backend, 127))
         if ceiling is not None and sqnr >= ceiling - CEILING_MARGIN_DB:
             findings.append(finding("ill_conditioned", f"SQNR {sqnr:.1f} dB; plain 8-bit rounding of every value "

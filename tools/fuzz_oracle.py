@@ -17,6 +17,10 @@ below eps) fell from 18.4 to 6.5 dB with 62 instead of 63 weight levels, and fxq
 when calibrated without its first batch; a softmax of logits one step apart flipped between 13 and 22 dB with
 ranges 0.25% apart. Models whose ceiling holds steady keep it: a clipped product (20 dB over every variant) and a
 pooled mean (24-29 dB) are still failures when fxq falls below them.
+
+``float32_precision`` is the yardstick's own yardstick: the float32 model against itself in float64. A layer
+norm of ``(1.5 - v) + v`` normalizes float32's rounding noise into the output (measured: float32 against float64
+far below the floor), and every 8-bit scheme, fxq's or the ceiling's, is then compared with noise.
 """
 
 from __future__ import annotations
@@ -92,6 +96,26 @@ def int8_ceiling(model: torch.nn.Module, calibration: list[tuple], evaluation: t
             scores += [sqnr_db(e, r) for e, r in zip(expected, rounded, strict=True)
                        if e.numel() > 1 and e.std() > 1e-6 * (1 + e.abs().max())]
     return min(scores) if scores else None
+
+
+def float32_precision(model: torch.nn.Module, evaluation: tuple) -> float | None:
+    """The worst output SQNR (dB) of the float32 model against the same model in float64, or None when the
+    model does not run in float64. Low when the float program amplifies float32's own rounding (a layer norm of
+    a difference of near-equal values): then the float32 output is itself mostly noise, and no SQNR against it
+    says anything about quantization."""
+    try:
+        with torch.no_grad():
+            exact = _flat(copy.deepcopy(model).double()(*[_double(v) for v in evaluation]))
+            single = _flat(model(*evaluation))
+    except (RuntimeError, TypeError):
+        return None
+    scores = [sqnr_db(e, s.double()) for e, s in zip(exact, single, strict=True)
+              if torch.is_tensor(s) and s.is_floating_point() and e.numel() > 1 and float(e.std()) > 0]
+    return min(scores) if scores else None
+
+
+def _double(value):
+    return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
 
 
 def _flat(output) -> list[torch.Tensor]:

@@ -24,6 +24,8 @@ class QuantizedConv(PackedWeightModule):
     accepts only a per-tensor weight for it.
     """
 
+    _qparams = ("scale", "zero_point")
+
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int, relu: bool,
                  stride, padding, dilation, groups: int, *, transposed: bool = False, output_padding=0) -> None:
         super().__init__(qweight, bias, relu, (scale, zero_point))

@@ -14,6 +14,7 @@ class QuantizedLinear(PackedWeightModule):
     """
 
     fxq_concept = "linear"
+    _qparams = ("scale", "zero_point")
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int,
                  relu: bool) -> None:
@@ -44,6 +45,7 @@ class QuantizedLinearFloatOutput(PackedWeightModule):
     """
 
     fxq_concept = "linear"
+    _qparams = ("input_scale", "input_zero_point")
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, input_scale: float,
                  input_zero_point: int, relu: bool) -> None:

@@ -22,6 +22,7 @@ class PackedWeightModule(RebuildsKernelState):
 
     _fxq_leaf = True
     _kernel_state = ("_packed", "_run")
+    _qparams: tuple[str, ...] = ()  # the (scale, zero point) attributes the kernel takes, saved in state_dict
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
                  output_qparams: tuple[float, int] | None = None) -> None:
         super().__init__()
@@ -48,6 +49,9 @@ class PackedWeightModule(RebuildsKernelState):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for key, value in weight_state.to_state(self.qweight).items():
             destination[prefix + key] = value
+        for name in self._qparams:
+            dtype = torch.int64 if name.endswith("zero_point") else torch.float64
+            destination[prefix + name] = torch.tensor(getattr(self, name), dtype=dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -56,13 +60,21 @@ class PackedWeightModule(RebuildsKernelState):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         names = weight_state.keys_like(self.qweight)
-        keys = [prefix + key for key in names]
+        keys = [prefix + key for key in (*names, *self._qparams)]
         unexpected_keys[:] = [key for key in unexpected_keys if key not in keys]
         absent = [key for key in keys if key not in state_dict]
         if absent:
             missing_keys.extend(absent)
             return
-        self.qweight = weight_state.from_state({key: state_dict[prefix + key] for key in names})
+        weight = weight_state.from_state({key: state_dict[prefix + key] for key in names})
+        if weight.shape != self.qweight.shape:
+            error_msgs.append(f"size mismatch for {prefix}{names[0]}: the checkpoint's weight has shape "
+                              f"{tuple(weight.shape)}, this module's {tuple(self.qweight.shape)}")
+            return
+        for name in self._qparams:
+            value = state_dict[prefix + name]
+            setattr(self, name, int(value) if name.endswith("zero_point") else float(value))
+        self.qweight = weight
         self._repack()
 
     def _weight_repr(self) -> str:
