@@ -23,6 +23,7 @@ from fxq.errors import (
     PassOrderError,
     TraceError,
 )
+from fxq.exporters import export
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_manager import PassManager
 from fxq.pass_registry import available_passes, get_pass, register_pass
@@ -40,5 +41,5 @@ __all__ = [
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
-    "report_of", "save", "load", "trace",
+    "report_of", "save", "load", "trace", "export",
 ]
