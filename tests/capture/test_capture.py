@@ -70,13 +70,6 @@ def test_dump_tool_captures_with_export_and_shows_the_rule():
     assert result.graph.meta["fxq_capture"]["how"] == "export"
 
 
-def test_export_captured_models_cannot_be_saved_yet_and_say_so(tmp_path):
-    quantized = fxq.quantize(_bert(layers=1), _batches(1, 0, 16)[0], _batches(1, 1, 16), backend="x86",
-                             capture="export")
-    with pytest.raises(fxq.ConfigError, match="torch.export"):
-        fxq.save(quantized, tmp_path / "x.pt")
-
-
 class _Branchy(nn.Module):
     def forward(self, x):
         if x.sum() > 0:  # data-dependent Python: neither front end can capture it

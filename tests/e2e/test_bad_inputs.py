@@ -113,8 +113,36 @@ def _plain_torch_save(tmp: Path) -> None:
 
 
 def _fields_missing(tmp: Path) -> None:
-    torch.save({"format": "fxq-model", "version": 1}, tmp / "partial.pt")
+    torch.save({"format": "fxq-model", "version": 2}, tmp / "partial.pt")
     fxq.load(tmp / "partial.pt")
+
+
+class _RunsCode:
+    """What a tampered pickle holds: an object whose unpickling calls a function (here one that leaves a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "the file ran code"))
+
+
+def _pickle_that_runs_code(tmp: Path) -> None:
+    torch.save({"format": "fxq-model", "version": 2, "model": _RunsCode(tmp / "ran.txt"), "meta": {}},
+               tmp / "tampered.pt")
+    try:
+        fxq.load(tmp / "tampered.pt")
+    finally:
+        assert not (tmp / "ran.txt").exists()
+
+
+def _graph_calling(tmp: Path, target: str) -> None:
+    """A well-formed fxq file whose graph was edited to call ``target`` (module:qualname) on its input."""
+    payload = torch.load(_saved(tmp), weights_only=True)
+    node = next(n for n in payload["model"]["graph"]["nodes"] if n["op"] == "call_module")
+    node["op"], node["target"] = "call_function", {"__fxq__": "ref", "name": target}
+    torch.save(payload, tmp / "edited.pt")
+    fxq.load(tmp / "edited.pt")
 
 
 @dataclass(frozen=True)
@@ -195,10 +223,16 @@ CASES = (
          chained=True),
     Case("fxq.load", "a zip without its pickle", _payload_missing, LoadError,
          ("'<tmp>/hollow.pt' is damaged", "data.pkl"), chained=True),
-    Case("fxq.load", "a plain torch.save file", _plain_torch_save, LoadError,
-         ("was not written by fxq.save", "fxq.save(model, path)")),
+    Case("fxq.load", "a plain torch.save file (a pickle)", _plain_torch_save, LoadError,
+         ("holds pickled objects", "fxq.load never runs code from a file"), chained=True),
+    Case("fxq.load", "a pickle that would run code when read", _pickle_that_runs_code, LoadError,
+         ("'<tmp>/tampered.pt' holds pickled objects", "fxq.load never runs code"), chained=True),
+    Case("fxq.load", "a graph edited to call os.system", lambda tmp: _graph_calling(tmp, "os:system"), LoadError,
+         ("calls os:system", "does not allow a graph to call")),
+    Case("fxq.load", "a graph edited to call torch.load", lambda tmp: _graph_calling(tmp, "torch:load"), LoadError,
+         ("calls torch:load", "does not allow a graph to call")),
     Case("fxq.load", "an fxq payload with fields missing", _fields_missing, LoadError,
-         ("'<tmp>/partial.pt' is damaged", "lacks ['module', 'nodes', 'meta']")),
+         ("'<tmp>/partial.pt' is damaged", "lacks ['model', 'meta']")),
 )
 
 
