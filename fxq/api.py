@@ -25,10 +25,12 @@ from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.input_guard import input_records
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
+from fxq.precision import PrecisionPlan
 from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
+from fxq.runtime import EXAMPLES_KEY, check_runtime_name, install_runtime, keep_examples
 from fxq.tracing import TRACE_OPTIONS_KEY
 
-PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "insert-observers")  # then a recipe's passes
+PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
 CONVERT_PASSES = ("lower", "cleanup")  # a recipe's passes precede "lower"
 
 _BACKEND_KEY = "fxq_backend"
@@ -39,7 +41,7 @@ _LEAVES_KEY = "fxq_float_leaves"
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
             concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
-            recipe: str | Recipe = "auto") -> GraphModule:
+            recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None) -> GraphModule:
     """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
 
     Args:
@@ -57,6 +59,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
             convolutions), "transformer", "cnn", "none", or a ``fxq.recipes.Recipe``; ``prepared.meta["fxq_recipe"]``
             says which and why. A recipe keeps some ops float and adds passes, only where the mapping's rule for
             an op is its global one: explicit rules win. See ``fxq.recipes``.
+        precision: a per-layer precision plan, module path -> "int8", "w4a8", "int8-dynamic", "fp16" or
+            "float" (a dict, or a ``fxq.precision.PrecisionPlan``); it overrides the global qconfig and the recipe,
+            not the mapping's explicit rules. See ``fxq.precision``.
         keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
     Returns:
         The prepared GraphModule (observers inserted), in eval mode.
@@ -72,8 +77,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         captured = capture_model(work, example_inputs, capture, **options)
         gm = captured.graph_module
         add_properties(gm, frozenset({"traced"}))
+        plan = precision if precision is None or isinstance(precision, PrecisionPlan) else PrecisionPlan(precision)
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
-                          original=model)
+                          original=model, precision_plan=plan)
         normalized = PassManager(list(PREPARE_PASSES[:1]), keep_snapshots=keep_snapshots).run(gm, ctx)
         ctx.recipe, why = choose_recipe(normalized.graph_module, recipe)
         passes = [*PREPARE_PASSES[1:], *ctx.recipe.prepare_passes]
@@ -84,22 +90,29 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     prepared.meta[RECIPE_KEY] = {"name": ctx.recipe.name, "why": why, "recipe": ctx.recipe}
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
+    prepared.meta[EXAMPLES_KEY] = keep_examples(example_inputs)  # what convert checks a faster runtime on
     return _eval_mode(prepared)
 
 
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False,
-            backend: str | None = None) -> GraphModule:
+            backend: str | None = None, runtime: str = "auto") -> GraphModule:
     """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was unless
     ``inplace`` (which saves copying it: for callers that no longer need it).
 
     ``backend="reference"`` lowers a model prepared for a native backend to explicit quantize/dequantize around
     float ops instead of kernels: the same decisions and qparams, so it shows the math the kernels should compute.
 
+    ``runtime`` says what runs the returned GraphModule's calls: "graph" (its generated Python), "torchscript" (a
+    frozen TorchScript copy: the same kernels without Python between ops) or "auto" (TorchScript if it is
+    bit-exact and faster on the example inputs). ``result.meta["fxq_runtime"]`` says which and why; see
+    ``fxq.runtime``.
+
     Raises:
         ConfigError: ``prepared`` did not come from ``fxq.prepare``, or is converted already; ``backend`` is
-            neither "reference" nor the one ``prepared`` was made for.
+            neither "reference" nor the one ``prepared`` was made for; an unknown ``runtime``.
         CalibrationError: an observer saw no data (run calibration batches through ``prepared`` first).
     """
+    check_runtime_name(runtime)
     _check_convertible(prepared)
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
     with paused_gc():
@@ -114,7 +127,8 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     if not isinstance(converted, ConvertedGraphModule):  # a pass returned a new module
         as_converted(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
-    return _eval_mode(converted)
+    install_runtime(_eval_mode(converted), runtime)
+    return converted
 
 
 def _lowering_backend(prepared: GraphModule, requested: str | None) -> str:
@@ -146,13 +160,14 @@ def _check_convertible(prepared) -> None:
 
 
 def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str = "x86",
-             qconfig_mapping=None, **prepare_options) -> GraphModule:
+             qconfig_mapping=None, runtime: str = "auto", **prepare_options) -> GraphModule:
     """Static post-training quantization in one call: prepare, calibrate, convert, and report.
 
     Args:
         calibration_data: batches of representative inputs; each is a tuple of forward arguments (a lone tensor
             is wrapped).
         qconfig_mapping: defaults to ``get_default_qconfig_mapping(backend)``.
+        runtime: what runs the result's calls ("auto", "graph" or "torchscript"; see ``convert``).
         prepare_options: passed to ``prepare`` (recipe, capture, leaf_modules, concrete_args, ...).
     Returns:
         The quantized GraphModule; ``fxq.report_of(result)`` says what was quantized, what stayed float and
@@ -163,6 +178,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     from fxq.qconfig_mapping import get_default_qconfig_mapping
     from fxq.report import REPORT_KEY, build_report
 
+    check_runtime_name(runtime)
     mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
     prepared = prepare(model, mapping, example_inputs, backend=backend, **prepare_options)
     batches = 0
@@ -172,7 +188,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
             batches += 1
     if batches == 0:
         raise CalibrationError("quantize() got no calibration batches; pass an iterable of representative inputs")
-    converted = convert(prepared)
+    converted = convert(prepared, runtime=runtime)
     converted.meta[REPORT_KEY] = build_report(model, converted, backend)
     return converted
 

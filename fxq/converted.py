@@ -1,5 +1,6 @@
-"""What ``fxq.convert`` returns: a GraphModule that explains a failed call by its inputs (``input_guard``) and
-keeps its activation qparams in its ``state_dict`` (``qparam_state``).
+"""What ``fxq.convert`` returns: a GraphModule that runs its calls on the installed runtime (``runtime``), explains
+a failed call by its inputs (``input_guard``) and keeps its activation qparams in its ``state_dict``
+(``qparam_state``).
 
 It is a GraphModule subclass rather than hooks: forward hooks are dropped by ``deepcopy`` and put every call on
 ``nn.Module``'s slow path, and the generated code (``print(gm.code)``) stays as it was. The class survives
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
-from fxq import qparam_state
+from fxq import qparam_state, runtime
 from fxq.errors import FxqError, LoadError
 from fxq.input_guard import INPUTS_ATTR, diagnose, recorded_inputs
 
@@ -19,8 +20,20 @@ class ConvertedGraphModule(GraphModule):
     """A converted model (see the module docstring)."""
 
     def __call__(self, *args, **kwargs):
+        run = runtime.runner(self)
+        if run is None:
+            return self._explained(super().__call__, args, kwargs)
         try:
-            return super().__call__(*args, **kwargs)
+            return run(*args, **kwargs)
+        except FxqError:
+            raise
+        except Exception:  # TorchScript's message quotes its own code: the graph's failure is the one to explain
+            return self._explained(super().__call__, args, kwargs)
+
+    def _explained(self, call, args: tuple, kwargs: dict):
+        """``call(*args, **kwargs)``, a failure explained by the inputs when they differ from the recorded ones."""
+        try:
+            return call(*args, **kwargs)
         except FxqError:
             raise
         except Exception as err:
@@ -30,7 +43,8 @@ class ConvertedGraphModule(GraphModule):
             raise problem from err
 
     def __deepcopy__(self, memo):
-        """GraphModule's deepcopy rebuilds the module from its graph and keeps only what the graph uses."""
+        """GraphModule's deepcopy rebuilds the module from its graph and keeps only what the graph uses (and its
+        meta, with the runtime choice: the copy builds its own runtime on its first call)."""
         result = super().__deepcopy__(memo)
         setattr(result, INPUTS_ATTR, recorded_inputs(self))
         return result
@@ -40,6 +54,11 @@ class ConvertedGraphModule(GraphModule):
         rebuild, args = super().__reduce__()
         return _rebuild, (rebuild, args)
 
+    def recompile(self):
+        """A new forward makes the installed runtime's copy of the graph stale: it is rebuilt on the next call."""
+        runtime.invalidate(self)
+        return super().recompile()
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         qparam_state.save(self, destination, prefix)
@@ -48,6 +67,7 @@ class ConvertedGraphModule(GraphModule):
                               error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        runtime.invalidate(self)  # the TorchScript copy holds the old weights as constants
         if qparam_state.load(self, state_dict, prefix, missing_keys, unexpected_keys, error_msgs):
             self.recompile()
 

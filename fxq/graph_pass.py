@@ -26,6 +26,7 @@ class PassContext:
         example_inputs: inputs that run the model, for shape/dtype propagation and numeric checks.
         original: the user's model (read only: passes never touch it), for module-name validation.
         recipe: the ``fxq.recipes.Recipe`` prepare chose (None: none), for passes that follow its adjustments.
+        precision_plan: the ``fxq.precision.PrecisionPlan`` given to prepare (None: none), for assign-precision.
         notes: human-readable lines the entry point reports (what stayed float and why, ...).
         options: free-form extra options for third-party passes.
     """
@@ -35,6 +36,7 @@ class PassContext:
     example_inputs: tuple = ()
     original: nn.Module | None = None
     recipe: Any = None
+    precision_plan: Any = None
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 

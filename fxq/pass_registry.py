@@ -14,6 +14,7 @@ _BUILTIN_MODULES = {
     "fuse": "fxq.passes.fuse",
     "equalize": "fxq.passes.equalize",
     "assign-qconfig": "fxq.passes.assign_qconfig",
+    "assign-precision": "fxq.passes.assign_precision",
     "insert-observers": "fxq.passes.insert_observers",
     "record-input-statistics": "fxq.passes.record_input_statistics",
     "bias-correction": "fxq.passes.bias_correction",

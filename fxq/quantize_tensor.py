@@ -13,10 +13,24 @@ def quantize_with(observer, tensor: torch.Tensor, qparams: tuple | None = None) 
     """Quantize ``tensor`` with ``observer``'s qparams (``qparams`` if already computed: a histogram's search
     is not free)."""
     scale, zero_point = qparams if qparams is not None else observer.calculate_qparams()
+    values = _within_levels(observer, tensor.detach().float(), scale, zero_point)
     if getattr(observer, "per_channel", False):
-        return torch.quantize_per_channel(tensor.detach().float(), scale.double(), zero_point.long(),
-                                          observer.ch_axis, observer.dtype)
-    return torch.quantize_per_tensor(tensor.detach().float(), float(scale), int(zero_point), observer.dtype)
+        return torch.quantize_per_channel(values, scale.double(), zero_point.long(), observer.ch_axis, observer.dtype)
+    return torch.quantize_per_tensor(values, float(scale), int(zero_point), observer.dtype)
+
+
+def _within_levels(observer, tensor: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """``tensor`` clamped to the observer's levels [quant_min, quant_max]: torch's quantize clamps only to the
+    dtype's range, and a symmetric scale puts the largest magnitude half a level beyond the top one (63.5 of
+    [-64, 63]; 7.5 of a 4-bit [-8, 7]), which rounding would otherwise store as 64 or 8."""
+    shape = [1] * tensor.dim()
+    if getattr(observer, "per_channel", False) and tensor.dim():
+        shape[observer.ch_axis] = -1
+    scale, zero_point = scale.float().reshape(shape or [-1]), zero_point.float().reshape(shape or [-1])
+    low, high = (observer.quant_min - zero_point) * scale, (observer.quant_max - zero_point) * scale
+    if tensor.dim() == 0:
+        low, high = low.reshape(()), high.reshape(())
+    return torch.minimum(torch.maximum(tensor, low), high)
 
 
 def describe_qparams(observer, qparams: tuple | None = None) -> dict:

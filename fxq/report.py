@@ -12,6 +12,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.annotation import info
+from fxq.runtime import RUNTIME_KEY
 from fxq.shapes import float_tensors_in, is_float_tensor
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -20,13 +21,15 @@ REPORT_KEY = "fxq_report"
 
 @dataclass
 class QuantizationReport:
-    """Counts, float ops with their reasons, and sizes (bytes of ``torch.save(state_dict)``)."""
+    """Counts, float ops with their reasons, sizes (bytes of ``torch.save(state_dict)``), and the runtime the
+    model's calls run on with why (``fxq.runtime``)."""
 
     backend: str
     quantized: list[tuple[str, str]] = field(default_factory=list)
     left_float: list[tuple[str, str]] = field(default_factory=list)
     size_before: int = 0
     size_after: int = 0
+    runtime: dict = field(default_factory=dict)
 
     @property
     def size_ratio(self) -> float:
@@ -35,6 +38,8 @@ class QuantizationReport:
     def __str__(self) -> str:
         lines = [f"backend {self.backend}: {len(self.quantized)} ops quantized, {len(self.left_float)} left float; "
                  f"size {self.size_before:,} -> {self.size_after:,} bytes ({self.size_ratio:.2f}x)"]
+        if self.runtime:
+            lines.append(f"runtime {self.runtime['name']}: {self.runtime['why']}")
         if self.left_float:
             lines.append(tabulate(self.left_float, headers=["float node", "why"]))
         return "\n".join(lines)
@@ -49,7 +54,8 @@ def serialized_size(model: nn.Module) -> int:
 
 def build_report(original: nn.Module, converted: GraphModule, backend: str) -> QuantizationReport:
     """Read the converted graph's annotations into a report (shape arithmetic and q/dq nodes are not ops)."""
-    report = QuantizationReport(backend, size_before=serialized_size(original), size_after=serialized_size(converted))
+    report = QuantizationReport(backend, size_before=serialized_size(original), size_after=serialized_size(converted),
+                                runtime=dict(converted.meta.get(RUNTIME_KEY, {})))
     for node in converted.graph.nodes:
         record = info(node)
         if node.op not in _OPS or record.lowered_to in ("quantize", "dequantize") or record.concept is None:

@@ -1,8 +1,10 @@
-"""``fxq bench``: int8 speed, size and accuracy against fp32 and torch.ao, measured in one run.
+"""``fxq bench``: int8 speed, size and accuracy against fp32, torch.ao and ONNX Runtime, measured in one run.
 
 Every ratio printed is measured in the same run against its baseline, with the variants' timing rounds
-interleaved so machine noise hits them alike, on a fixed thread count. torch.ao is measured only where it is
-importable (it is deprecated and may be gone); its columns then read "n/a".
+interleaved so machine noise hits them alike, on a fixed thread count. fxq is timed as converted (the runtime
+"auto" chose) and on each runtime (``fxq.runtime``). torch.ao is measured only where it is importable (it is
+deprecated and may be gone), ONNX Runtime (fp32, and static int8 by ``quantize_static`` defaults) only where
+onnx and onnxruntime are installed (``pip install fxq[bench]``); their columns then read "n/a".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 import fxq
 from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
+from fxq.runtime import install_runtime
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Case:
     evaluation: list[tuple]
     accuracy: Callable[[nn.Module], float] | None = None
     capture: str = "fx"
+    ort_inputs: tuple[tuple[str, ...], tuple[int, ...]] | None = (("x",), (0,))  # names, dynamic dims; None: no ORT
 
 
 def _cases(names: list[str]) -> list[Case]:
@@ -47,7 +51,7 @@ def _cases(names: list[str]) -> list[Case]:
                                      lambda: zoo.warm_batch_norm(zoo.MobileNetV2(), (8, 3, 224, 224)),
                                      zoo.image_batches(4, 1), zoo.image_batches(2, 2)),
         "bert": lambda: Case("BERT-base encoder seq 128", lambda: zoo.BertEncoder().eval(), zoo.bert_batches(2, 1),
-                             zoo.bert_batches(2, 2)),
+                             zoo.bert_batches(2, 2), ort_inputs=(("x", "mask"), (0, 1))),
         "digits": _digits_case,
         "hf_bert": _hf_bert_case,
     }
@@ -84,7 +88,8 @@ def _hf_bert_case() -> Case:
         torch.manual_seed(0)
         return transformers.BertModel(config).eval()
 
-    return Case("HF BertModel seq 128 (capture=auto)", build, batches(4, 1), batches(2, 2), capture="auto")
+    return Case("HF BertModel seq 128 (capture=auto)", build, batches(4, 1), batches(2, 2), capture="auto",
+                ort_inputs=None)
 
 
 def cpu_flags_line() -> str:
@@ -187,42 +192,74 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
     rows = []
     for case in _cases(models):
         model = case.build()
-        example = case.evaluation[0]
         ours, our_times = _quantize_fxq(model, case)
         theirs, their_times = _quantize_torch_ao(model, case)
-        variants = {"fp32": partial(model, *example), "fxq": partial(ours, *example)}
+        variants = {"fp32": model, **_fxq_runtimes(ours), **_ort_peers(model, case)}
         if theirs is not None:
-            variants["torch.ao"] = partial(theirs, *example)
-        latency = time_interleaved(variants, rounds, warmup)
+            variants["torch.ao"] = theirs
+        latency = time_interleaved({name: partial(m, *case.evaluation[0]) for name, m in variants.items()}, rounds,
+                                   warmup)
         forward_s = latency["fp32"] / 1000
         reference = _outputs(model, case.evaluation)
-        row = {
-            "model": case.name,
-            "fp32 ms": f"{latency['fp32']:.2f}",
-            "fxq int8 ms": f"{latency['fxq']:.2f}",
-            "fxq/fp32": f"{latency['fxq'] / latency['fp32']:.2f}",
-            "torch.ao ms": f"{latency['torch.ao']:.2f}" if theirs is not None else "n/a",
-            "fxq/torch.ao": f"{latency['fxq'] / latency['torch.ao']:.2f}" if theirs is not None else "n/a",
-            "size fxq/fp32": f"{serialized_size(ours) / serialized_size(model):.3f}",
-            "SQNR fxq dB": f"{sqnr_db(reference, _outputs(ours, case.evaluation)):.1f}",
-            "SQNR torch.ao dB": f"{sqnr_db(reference, _outputs(theirs, case.evaluation)):.1f}" if theirs else "n/a",
+        row = {"model": case.name, "fp32 ms": f"{latency['fp32']:.2f}"}
+        for name in _SPEED_COLUMNS:
+            row[f"{name} ms"] = f"{latency[name]:.2f}" if name in latency else "n/a"
+            row[f"{name} / fp32"] = f"{latency[name] / latency['fp32']:.2f}" if name in latency else "n/a"
+        row["fxq runtime (auto)"] = ours.meta["fxq_runtime"]["name"]
+        for peer in ("torch.ao", "ORT int8"):
+            ratio = latency["fxq"] / latency[peer] if peer in latency else None
+            row[f"fxq / {peer}"] = f"{ratio:.2f}" if ratio else "n/a"
+        row["size fxq/fp32"] = f"{serialized_size(ours) / serialized_size(model):.3f}"
+        for name in ("fxq", "torch.ao", "ORT int8"):
+            row[f"SQNR {name} dB"] = (f"{sqnr_db(reference, _outputs(variants[name], case.evaluation)):.1f}"
+                                      if name in variants else "n/a")
+        row.update({
             "prepare+convert s fxq": f"{our_times['prepare_s'] + our_times['convert_s']:.2f}",
             "prepare+convert s torch.ao": (f"{their_times['prepare_s'] + their_times['convert_s']:.2f}"
                                            if theirs is not None else "n/a"),
             "calib/fwd fxq": f"{our_times['calibrate_s'] / forward_s:.1f}",
             "calib/fwd torch.ao": f"{their_times['calibrate_s'] / forward_s:.1f}" if theirs is not None else "n/a",
-        }
+        })
         if case.accuracy is not None:
-            row["top-1 fp32/fxq/torch.ao"] = "/".join(
-                f"{case.accuracy(m):.2f}" for m in (model, ours, theirs) if m is not None)
+            shown = [name for name in ("fp32", "fxq", "torch.ao", "ORT int8") if name in variants]
+            row["top-1 " + "/".join(shown)] = "/".join(f"{case.accuracy(variants[name]):.2f}" for name in shown)
         rows.append(row)
         print(f"measured {case.name}", flush=True)
     metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key != "model"]
-    print(f"\n{cpu_flags_line()}\n{threads} threads, input shapes as in the column titles, median of {rounds} interleaved rounds; "
-          "ratios from this run")
+    print(f"\n{cpu_flags_line()}\n{threads} threads, input shapes as in the column titles, median of {rounds} "
+          "interleaved rounds; ratios from this run. fxq = the runtime fxq.convert chose (runtime=\"auto\"); "
+          "ORT = ONNX Runtime (CPU provider; int8 = quantize_static defaults)")
     print(tabulate([[metric] + [row.get(metric, "") for row in rows] for metric in metrics],
                    headers=[""] + [row["model"] for row in rows], disable_numparse=True))
     return 0
+
+
+_SPEED_COLUMNS = ("fxq", "fxq graph", "fxq torchscript", "torch.ao", "ORT fp32", "ORT int8")
+
+
+def _fxq_runtimes(quantized: nn.Module) -> dict[str, nn.Module]:
+    """fxq as converted (its "auto" runtime) and copies on each runtime: what the choice is worth."""
+    variants = {"fxq": quantized}
+    for name in ("graph", "torchscript"):
+        variant = copy.deepcopy(quantized)
+        if install_runtime(variant, name)["name"] == name:
+            variants[f"fxq {name}"] = variant
+    return variants
+
+
+def _ort_peers(model: nn.Module, case: Case) -> dict[str, Callable]:
+    """ONNX Runtime fp32 and static int8 on the case's calibration data, or nothing if it cannot run them."""
+    from fxq.tools.ort_peer import ort_fp32, ort_static_int8
+
+    if case.ort_inputs is None:
+        return {}
+    names, dynamic = case.ort_inputs
+    peers = {}
+    for label, make in (("ORT fp32", ort_fp32), ("ORT int8", ort_static_int8)):
+        run = make(model, names, case.calibration, torch.get_num_threads(), dynamic)
+        if run is not None:
+            peers[label] = lambda *inputs, run=run: run(*inputs)[0]
+    return peers
 
 
 def run_compile_bench(sizes: tuple[int, ...] = (250, 500, 1000)) -> int:

@@ -165,7 +165,7 @@ def build_dump(args: argparse.Namespace) -> Dump:
     _calibrate(prepared, calibration)
     if stage == "calibrated":
         return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
-    converted = fxq.convert(prepared, inplace=True)
+    converted = fxq.convert(prepared, inplace=True, runtime="graph")  # the dump reads the graph; nothing runs fast
     comparison = compare(model, converted, calibration) if (args.compare or args.calibration) else None
     return Dump(name, stage, args.backend, converted, _rows(converted, example, comparison=comparison),
                 comparison=comparison)
@@ -176,7 +176,7 @@ def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tu
     prepared = fxq.prepare(model, _mapping(args), example, backend=args.backend, keep_snapshots=True,
                            capture=args.capture)
     _calibrate(prepared, calibration)
-    converted = fxq.convert(prepared, keep_snapshots=True)
+    converted = fxq.convert(prepared, keep_snapshots=True, runtime="graph")
     records = fxq.pass_records(converted)
     known = [record.name for record in records]
     if args.after and args.after not in known:

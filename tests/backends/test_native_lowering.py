@@ -134,9 +134,9 @@ def test_runtime_modules_round_trip_copy_and_print():
     buffer = io.BytesIO()
     torch.save(native.state_dict(), buffer)
     buffer.seek(0)
-    other = _convert("mlp", "x86")
+    other = fxq.convert(_prepare("mlp", "x86", "x86"), runtime="graph")  # (a TorchScript copy would not see this:)
     with torch.no_grad():
-        for module in other.modules():  # scramble, then restore from the saved state
+        for module in other.modules():  # scramble in place, then restore from the saved state
             if isinstance(module, QuantizedLinear):
                 zeros = torch.quantize_per_tensor(torch.zeros(module.qweight.shape), 1.0, 0, torch.qint8)
                 module.qweight, module.bias = zeros, torch.zeros_like(module.bias)

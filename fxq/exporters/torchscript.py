@@ -1,0 +1,60 @@
+"""``fxq.export(qm, path, format="torchscript" | "lite")``: the converted model as a frozen TorchScript module,
+which plain ``torch.jit.load`` (or, for "lite", the mobile interpreter's ``_load_for_lite_interpreter``) runs
+without fxq installed.
+
+It is the module the "torchscript" runtime runs (``fxq.runtime.frozen_script``): weights and qparams are
+constants, and its inputs and outputs are flat tensors (a model captured with ``torch.export`` returns a tuple
+where fxq's GraphModule returns, say, a Hugging Face output object). The export is checked against the
+GraphModule on the example inputs before it is written.
+
+"lite" is not passed through ``torch.utils.mobile_optimizer.optimize_for_mobile``: that needs XNNPACK, which
+torch's x86 CPU wheels lack; run it on a build that has it if the target is a phone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.fx import GraphModule
+
+from fxq.converted import ConvertedGraphModule
+from fxq.errors import ConfigError
+from fxq.input_guard import diagnose
+from fxq.runtime import call_like, compile_error, difference, example_inputs_of, frozen_script
+
+
+def export(qm: GraphModule, path: str | os.PathLike, example_inputs=None, format: str = "torchscript") -> None:
+    """Write ``qm`` to ``path`` as a frozen TorchScript module ("torchscript") or for the lite interpreter
+    ("lite"); see the module docstring.
+
+    Raises:
+        ConfigError: ``qm`` is not a converted model, TorchScript cannot compile it (the message says why), or
+            the compiled module computes other values than ``qm`` on ``example_inputs``.
+        InputError: ``example_inputs`` are not inputs ``qm`` takes.
+    """
+    if not isinstance(qm, ConvertedGraphModule):
+        raise ConfigError(f"fxq.export(format={format!r}) takes a model from fxq.convert or fxq.quantize, got a "
+                          f"{type(qm).__name__}")
+    try:
+        module = frozen_script(qm)
+    except Exception as err:
+        raise ConfigError(f"TorchScript cannot compile this model, so it cannot be exported as {format!r} "
+                          f"({compile_error(err)}); export it as 'onnx' or 'pt2' instead") from err
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    inputs = tuple(example_inputs) if example_inputs is not None else example_inputs_of(qm)
+    if inputs is not None:
+        try:
+            problem = difference(qm, call_like(qm, module), inputs)
+        except Exception as err:
+            explained = diagnose(qm, inputs, {}, err)
+            if explained is None:
+                raise
+            raise explained from err
+        if problem:
+            raise ConfigError(f"the TorchScript module computes other values than the model: {problem}")
+    if format == "lite":
+        module._save_for_lite_interpreter(os.fspath(path))
+    else:
+        torch.jit.save(module, os.fspath(path))

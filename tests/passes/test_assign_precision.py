@@ -1,0 +1,86 @@
+"""assign-precision: a per-layer precision plan picks each planned layer's kernel, the dump says the plan chose
+it, the same plan written as QConfigMapping rules gives the same model, and plans that cannot run are refused."""
+
+import pytest
+import torch
+
+import fxq
+from fxq.annotation import info
+from fxq.nn.quantized import QuantizedLinear
+from fxq.precision import PrecisionPlan, qconfig_for
+from tests.models import calibration_batches, eval_batches, example_inputs, make_model
+
+PLAN = {"fc1": "fp16", "fc2": "int8-dynamic", "fc3": "float"}
+
+
+def _quantized(name="mlp", plan=None, mapping=None, backend="x86"):
+    return fxq.quantize(make_model(name), example_inputs(name), calibration_batches(name, n=2), backend=backend,
+                        qconfig_mapping=mapping, precision=plan, runtime="graph")
+
+
+def _by_module(gm):
+    return {info(n).module_path: n for n in gm.graph.nodes if info(n).concept is not None}
+
+
+def test_each_planned_layer_gets_its_kernel_and_the_dump_names_the_plan():
+    quantized = _quantized(plan=PLAN)
+    modules = dict(quantized.named_modules())
+    nodes = _by_module(quantized)
+    assert info(nodes["fc1"]).precision == "dynamic float16"
+    assert info(nodes["fc2"]).precision == "dynamic qint8"
+    assert isinstance(modules["fc3"], torch.nn.Linear) and "precision plan (user)" in info(nodes["fc3"]).float_reason
+    rules = {row.name: row.rule for row in fxq.inspect(quantized)}
+    assert rules["fc1"] == "precision(fp16, user)" and rules["fc3"] == "precision(float, user)"
+    x = eval_batches("mlp", n=1)[0]
+    with torch.no_grad():
+        assert torch.isfinite(quantized(*x)).all()
+
+
+def test_no_plan_changes_nothing():
+    plain, empty = _quantized(), _quantized(plan={})
+    x = eval_batches("mlp", n=1)[0]
+    with torch.no_grad():
+        assert torch.equal(plain(*x), empty(*x))
+    assert plain.code == empty.code
+
+
+def test_the_plan_as_mapping_rules_gives_the_same_model():
+    plan = PrecisionPlan({"fc1": "w4a8", "fc2": "float", "fc3": "int8-dynamic"})
+    planned = _quantized(plan=plan)
+    mapping = plan.to_mapping(fxq.get_default_qconfig_mapping("x86"), "x86")
+    by_rules = _quantized(mapping=mapping)
+    x = eval_batches("mlp", n=1)[0]
+    with torch.no_grad():
+        assert torch.equal(planned(*x), by_rules(*x))
+    assert planned.code == by_rules.code
+
+
+def test_w4a8_keeps_4_bit_weights_in_int8_kernels():
+    quantized = _quantized(plan={"fc2": "w4a8"})
+    fc2 = dict(quantized.named_modules())["fc2"]
+    assert isinstance(fc2, QuantizedLinear)
+    values = fc2.qweight.int_repr()
+    assert values.min() >= -8 and values.max() <= 7 and len(values.unique()) > 8
+
+
+def test_explicit_mapping_rules_win_over_the_plan_and_say_so():
+    mapping = fxq.get_default_qconfig_mapping("x86").set_module_name("fc1", None)
+    quantized = _quantized(plan={"fc1": "int8"}, mapping=mapping)
+    node = _by_module(quantized)["fc1"]
+    assert info(node).qconfig_rule == "module_name('fc1')"
+    assert any(name == "assign-precision" and "gives way" in why for name, why in info(node).declined)
+
+
+def test_plans_that_cannot_run_are_refused_with_the_fix():
+    with pytest.raises(fxq.ConfigError, match="unknown precision 'int4'; use one of int8"):
+        PrecisionPlan({"fc1": "int4"})
+    with pytest.raises(fxq.ConfigError, match=r"module 'conv1' \(conv2d.*'fp16'.*Linear layers only"):
+        _quantized("resnet", plan={"conv1": "fp16"})
+    with pytest.raises(fxq.ConfigError, match="names module 'fc9' \\(did you mean .*'fc1'.*does not have"):
+        _quantized(plan={"fc9": "float"})
+
+
+def test_qconfig_for_int8_starts_from_the_mappings_global_qconfig():
+    base = fxq.get_default_qconfig("qnnpack")
+    assert qconfig_for("int8", "x86", base) is base
+    assert qconfig_for("float", "x86") is None
