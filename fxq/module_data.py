@@ -19,6 +19,7 @@ from torch.fx import GraphModule
 from fxq.converted import ConvertedGraphModule, as_converted
 from fxq.errors import LoadError
 from fxq.graph_data import data_to_graph, graph_to_data
+from fxq.input_guard import recorded_inputs
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.plain_data import EncodeError, UnresolvedName, decode, encode, is_fxq, module_class_named, name_of
 
@@ -136,7 +137,7 @@ class _Reader:
         module.__dict__.update(self.unsaved(module, unsaved, path))
         module.training = bool(data["training"])
         if data.get("converted"):
-            as_converted(module, module.__dict__.get("_fxq_inputs", ()))
+            as_converted(module, recorded_inputs(module))
             module.recompile()
         if isinstance(module, RebuildsKernelState):
             module._repack()

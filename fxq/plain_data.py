@@ -25,6 +25,7 @@ import enum
 import importlib
 import inspect
 import sys
+import types
 from typing import Any
 
 import torch
@@ -33,7 +34,10 @@ from torch.utils import _pytree
 from fxq.errors import LoadError
 
 TAG = "__fxq__"
-_NATIVE = (type(None), bool, int, float, str, torch.Tensor, torch.dtype, torch.device, torch.qscheme, torch.layout)
+_NATIVE = (type(None), bool, int, float, str, torch.Tensor, torch.dtype, torch.device, torch.qscheme, torch.layout,
+           torch.Size)
+# what is written by name: classes, Python and C functions, operators
+_NAMED = (type, types.FunctionType, types.BuiltinFunctionType, torch._ops.OpOverload, torch._ops.OpOverloadPacket)
 _IMPORTABLE_ROOTS = ("torch", "fxq")  # the only packages a name may import: the ones loading the file runs anyway
 _CALLABLE_BUILTINS = frozenset({"getattr", "len", "int", "float", "bool", "min", "max", "abs", "round", "range",
                                 "slice", "tuple", "list", "sum", "all", "any", "isinstance"})
@@ -82,8 +86,6 @@ def encode(value: Any, node_name=None) -> Any:
         return {TAG: "node", "name": name}
     if isinstance(value, _NATIVE):
         return value
-    if isinstance(value, torch.Size):
-        return value
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple: keep its class
         return {TAG: "namedtuple", "class": name_of(type(value)), "items": [encode(v, node_name) for v in value]}
     if isinstance(value, tuple):
@@ -106,8 +108,7 @@ def encode(value: Any, node_name=None) -> Any:
         return {TAG: "ref", "name": value.name}
     if isinstance(value, enum.Enum) and is_fxq(type(value)):
         return {TAG: "enum", "class": name_of(type(value)), "value": encode(value.value)}
-    if isinstance(value, type) or callable(value) and not hasattr(value, "__dict__") or inspect.isfunction(value) \
-            or isinstance(value, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+    if isinstance(value, _NAMED):
         return {TAG: "ref", "name": name_of(value)}
     if is_fxq(type(value)) and hasattr(value, "__dict__"):
         return {TAG: "object", "class": name_of(type(value)),

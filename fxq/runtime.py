@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import inspect
 import re
-import statistics
 import time
 import warnings
 import weakref
@@ -35,13 +34,14 @@ from torch.utils import _pytree as pytree
 from fxq.errors import ConfigError
 from fxq.input_guard import first_sentence, recorded_inputs
 from fxq.shapes import TensorInfo
+from fxq.timing import time_interleaved
 
 RUNTIMES = ("auto", "graph", "torchscript")
 RUNTIME_KEY = "fxq_runtime"
 EXAMPLES_KEY = "fxq_example_inputs"
 EXAMPLES_MAX_BYTES = 1 << 20  # prepare keeps example inputs up to this size (an ImageNet image is 0.6 MB)
 _EXPORT_GUARDS = "_guards_fn"  # the input-size checks torch.export adds: Python, so run beside the TorchScript copy
-_TIMED_ROUNDS = 3
+_TIMED_ROUNDS = 3  # after one untimed call each: enough to tell runtimes apart that differ by >10%
 
 _built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its runtime's callable (None: graph)
 
@@ -84,7 +84,8 @@ def install_runtime(gm: GraphModule, name: str = "auto", example_inputs: tuple |
         return _record(gm, "graph", f"the TorchScript copy computes other values than the graph: {problem}", None)
     if name == "torchscript":
         return _record(gm, "torchscript", "asked for; bit-exact on the example inputs", run, built_s=built_s)
-    times = _time_interleaved({"graph": lambda: _graph_call(gm, inputs), "torchscript": lambda: run(*inputs)})
+    times = time_interleaved({"graph": lambda: _graph_call(gm, inputs), "torchscript": lambda: run(*inputs)},
+                             rounds=_TIMED_ROUNDS, warmup=1)
     faster, slower = sorted(times, key=times.get)
     why = (f"bit-exact on the example inputs; {faster} {times[faster]:.3g} ms per call, {slower} "
            f"{times[slower]:.3g} ms")
@@ -188,20 +189,6 @@ def difference(gm: GraphModule, run: Callable, inputs: tuple) -> str | None:
     except AssertionError as err:
         return " ".join(str(err).split())
     return None
-
-
-def _time_interleaved(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Median milliseconds per call of each, over a few rounds that alternate between them."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    with torch.no_grad():
-        for call in calls.values():  # TorchScript optimizes its graph on the second call: not a timed one
-            call()
-        for index in range(_TIMED_ROUNDS):
-            for name in (list(calls) if index % 2 == 0 else list(reversed(calls))):
-                start = time.perf_counter()
-                calls[name]()
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1000 for name, values in samples.items()}
 
 
 def example_inputs_of(gm: GraphModule) -> tuple | None:

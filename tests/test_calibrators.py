@@ -26,6 +26,7 @@ from fxq.observers import (
 )
 from fxq.observers.shrink import shrink_factors
 from tests.models import calibration_batches, eval_batches, example_inputs, make_model, sqnr
+from tests.test_observers import merged_halves
 
 PER_TENSOR = [PercentileObserver, MSEObserver, EntropyObserver]
 ALL = PER_TENSOR + [PerChannelMSEObserver]
@@ -319,14 +320,7 @@ def _batches(per_channel, seed=0):
 @pytest.mark.parametrize("cls", ALL)
 def test_two_halves_merged_equal_all_at_once(cls):
     batches = _batches(cls is PerChannelMSEObserver)
-    whole, first, second = cls(), cls(), cls()
-    for x in batches:
-        whole(x)
-    for x in batches[:2]:
-        first(x)
-    for x in batches[2:]:
-        second(x)
-    first.merge(second)
+    whole, first = merged_halves(cls, batches)
     for ours, reference in zip(first.calculate_qparams(), whole.calculate_qparams(), strict=True):
         assert torch.equal(ours, reference)
 
@@ -334,14 +328,7 @@ def test_two_halves_merged_equal_all_at_once(cls):
 @pytest.mark.parametrize("cls", PER_TENSOR)
 def test_merging_halves_of_different_ranges_stays_close(cls):
     data = [torch.randn(20000, generator=torch.Generator().manual_seed(s)) * (1 + s) for s in range(4)]
-    whole, first, second = cls(), cls(), cls()
-    for x in data:
-        whole(x)
-    for x in data[:2]:
-        first(x)
-    for x in data[2:]:
-        second(x)
-    first.merge(second)
+    whole, first = merged_halves(cls, data)
     width = (whole.max_val - whole.min_val).item()
     for ours, reference in zip(first.observed_range(), whole.observed_range(), strict=True):
         assert ours.item() == pytest.approx(reference.item(), abs=0.03 * width)

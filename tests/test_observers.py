@@ -28,6 +28,18 @@ from fxq.observers import (
 )
 
 
+def merged_halves(make, batches):
+    """(one observer fed every batch, one fed the first two merged with one fed the rest)."""
+    whole, first, second = make(), make(), make()
+    for x in batches:
+        whole(x)
+    for x in batches[:2]:
+        first(x)
+    for x in batches[2:]:
+        second(x)
+    first.merge(second)
+    return whole, first
+
 def _data(seed=0, shape=(4, 6, 5), scale=2.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g) * scale + 0.3
@@ -171,28 +183,14 @@ def test_empty_batches_are_ignored():
 @pytest.mark.parametrize("cls", [MinMaxObserver, PerChannelMinMaxObserver])
 def test_merge_equals_one_observer_fed_everything(cls):
     data = [_data(seed) for seed in range(4)]
-    whole, first, second = cls(), cls(), cls()
-    for x in data:
-        whole(x)
-    for x in data[:2]:
-        first(x)
-    for x in data[2:]:
-        second(x)
-    first.merge(second)
+    whole, first = merged_halves(cls, data)
     for ours, reference in zip(first.calculate_qparams(), whole.calculate_qparams(), strict=True):
         assert torch.equal(ours, reference)
 
 
 def test_histogram_merge_approximates_one_observer_fed_everything():
     data = [_data(seed, shape=(5000,), scale=1.0 + seed) for seed in range(4)]  # ranges differ: re-binning
-    whole, first, second = HistogramObserver(), HistogramObserver(), HistogramObserver()
-    for x in data:
-        whole(x)
-    for x in data[:2]:
-        first(x)
-    for x in data[2:]:
-        second(x)
-    first.merge(second)
+    whole, first = merged_halves(HistogramObserver, data)
     assert first.min_val == whole.min_val and first.max_val == whole.max_val
     assert first.histogram.sum().item() == pytest.approx(20000)
     assert (first.histogram - whole.histogram).abs().sum().item() < 0.05 * 20000

@@ -28,6 +28,7 @@ import fxq
 from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
 from fxq.runtime import install_runtime
+from fxq.timing import time_interleaved
 
 
 @dataclass
@@ -105,33 +106,6 @@ def cpu_flags_line() -> str:
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
     return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
-
-
-def _median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
-
-
-def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call for each variant.
-
-    Rounds alternate between variants (rotating their order) so slow drifts of the machine hit all alike. Inside a
-    round each variant runs once untimed before its timed call: otherwise a variant is timed with the caches the
-    previous variant left behind, and whichever one more often follows the big fp32 model looks slower.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    with torch.no_grad():
-        for _ in range(warmup):
-            for run in variants.values():
-                run()
-        for index in range(rounds):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                variants[name]()
-                start = time.perf_counter()
-                variants[name]()
-                samples[name].append(time.perf_counter() - start)
-    return {name: _median_ms(values) for name, values in samples.items()}
 
 
 def _outputs(model: nn.Module, batches: list[tuple]) -> torch.Tensor:

@@ -7,7 +7,6 @@ import time
 from functools import partial
 
 import torch
-from fxq.tools.bench import time_interleaved
 from tabulate import tabulate
 from torch import nn
 
@@ -17,6 +16,7 @@ from fxq.dump.text import render_rows
 from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
 from fxq.shapes import record_values
+from fxq.timing import time_interleaved
 
 
 class DigitsCNN(nn.Module):

@@ -21,8 +21,8 @@ def export(qm: GraphModule, path: str | os.PathLike, format: str = "torchscript"
     """Write the converted model ``qm`` to ``path`` in ``format`` ("torchscript", "lite", "onnx" or "pt2").
 
     Args:
-        example_inputs: inputs to trace or check the export with; defaults to zeros shaped like the example inputs
-            ``fxq.prepare`` recorded.
+        example_inputs: inputs to trace or check the export with; defaults to the example inputs ``fxq.prepare``
+            kept (or inputs shaped like them).
     Raises:
         ConfigError: an unknown format, or a model that is not a converted one.
     """

@@ -26,12 +26,11 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from fxq.converted import ConvertedGraphModule
 from fxq.errors import ConfigError
-from fxq.input_guard import recorded_inputs
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from fxq.nn.quantized.group_norm import group_norm
 from fxq.nn.reference import WeightQuantized
 from fxq.observers import Observer
-from fxq.shapes import TensorInfo
+from fxq.runtime import example_inputs_of
 
 _INT_DTYPES = {torch.quint8: torch.uint8, torch.qint8: torch.int8, torch.qint32: torch.int32}
 
@@ -171,7 +170,7 @@ def _kernel_name(target) -> str | None:
 
 def decompose(qm: GraphModule, example_inputs=None) -> tuple[GraphModule, tuple]:
     """A copy of the converted model ``qm`` in the representation the module docstring describes, and the inputs
-    to trace it with (``example_inputs``, else zeros like the ones ``fxq.prepare`` recorded), on which it was run
+    to trace it with (``example_inputs``, else the ones ``fxq.prepare`` kept or inputs like them), on which it was run
     once to find which values are int8.
 
     Raises:
@@ -203,10 +202,10 @@ def _check_converted(model) -> None:
 def _inputs(qm: GraphModule, example_inputs) -> tuple:
     if example_inputs is not None:
         return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    records = recorded_inputs(qm)
-    if not all(isinstance(record, TensorInfo) for _, record in records):
+    inputs = example_inputs_of(qm)
+    if inputs is None:
         raise ConfigError("this model's recorded inputs are not all tensors; pass example_inputs to fxq.export")
-    return tuple(torch.zeros(record.shape, dtype=record.dtype) for _, record in records)
+    return inputs
 
 
 def _quantized_outputs(gm: GraphModule, inputs: tuple) -> dict[Node, torch.Tensor]:
