@@ -207,6 +207,27 @@ class QConfigMapping:
                 setter(*entry)
         return mapping
 
+    def to_json(self) -> str:
+        """The mapping as JSON text that ``from_json`` loads without running any code (``fxq.mapping_json``).
+
+        Raises:
+            ConfigError: a rule holds something JSON cannot name (a lambda factory, an arbitrary object).
+        """
+        from fxq.mapping_json import mapping_to_json
+
+        return mapping_to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> QConfigMapping:
+        """The mapping ``to_json`` wrote; names resolve only among modules already imported.
+
+        Raises:
+            LoadError: a damaged or tampered text, another format version, or a name whose module is not imported.
+        """
+        from fxq.mapping_json import mapping_from_json
+
+        return mapping_from_json(text)
+
     def __repr__(self) -> str:
         rules = [] if self._global is _UNSET else [f"global={self._global!r}"]
         tables = {"object_type": {_object_name(key): qc for key, qc in self.object_type_qconfigs.items()},
