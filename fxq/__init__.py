@@ -32,6 +32,7 @@ from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfi
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from fxq.saving import load, save
 from fxq.tracing import trace
+from fxq.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,5 @@ __all__ = [
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
-    "report_of", "save", "load", "trace", "export",
+    "report_of", "save", "load", "trace", "export", "tune", "TuneResult",
 ]

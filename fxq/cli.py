@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from fxq.tools.dump import add_arguments
 
     add_arguments(dump)
+    tune = commands.add_parser("tune", help="the fastest per-layer precision plan within an accuracy budget")
+    from fxq.tools.tune import add_arguments as add_tune_arguments
+
+    add_tune_arguments(tune)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=_TORCH_DEPRECATION, category=UserWarning)
     warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)  # copying int8
@@ -72,6 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         from fxq.tools.dump import run
 
         return run(args)
+    if args.command == "tune":
+        from fxq.tools.tune import run as run_tune
+
+        return run_tune(args)
     if args.command == "demo":
         from fxq.tools.demo import run_demo
 

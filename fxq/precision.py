@@ -28,6 +28,10 @@ from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfi
 PRECISIONS = ("int8", "w4a8", "int8-dynamic", "fp16", "float")
 LINEAR_ONLY = frozenset({"int8-dynamic", "fp16"})  # CPU kernels exist for Linear (and fused Linear+ReLU) only
 LINEAR_CONCEPTS = frozenset({"linear", "linear_relu"})
+# the layers a plan names and a search tunes: the ones with weights, where int8 saves the arithmetic
+TUNABLE_CONCEPTS = LINEAR_CONCEPTS | frozenset({
+    "conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3d_relu", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d"})
 
 
 def qconfig_for(precision: str, backend: str, int8: QConfig | None = None) -> QConfig | None:
@@ -58,7 +62,8 @@ def check_precision(precision: str) -> str:
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """Module path -> precision, and who made the plan ("user", "search", ...: the dump shows it).
+    """Module path -> precision, who made the plan ("user", "search", ...: the dump shows it), and why a path
+    got its precision where the maker said (``reasons``: the dump adds it to the layer's record).
 
     Raises:
         ConfigError: an unknown precision, or a path that is not a string.
@@ -66,6 +71,7 @@ class PrecisionPlan:
 
     assignments: Mapping[str, str] = field(default_factory=dict)
     source: str = "user"
+    reasons: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for path, precision in self.assignments.items():
@@ -73,6 +79,11 @@ class PrecisionPlan:
                 raise ConfigError(f"a precision plan maps module paths (strings) to precisions; got key {path!r}")
             check_precision(precision)
         object.__setattr__(self, "assignments", dict(self.assignments))
+        object.__setattr__(self, "reasons", dict(self.reasons))
+
+    def why(self, path: str) -> str:
+        """Who chose ``path``'s precision, and why if the plan says."""
+        return f"{self.source}: {self.reasons[path]}" if path in self.reasons else self.source
 
     def to_mapping(self, mapping, backend: str):
         """A copy of ``mapping`` with one ``set_module_name`` rule per planned module: the plan as rules."""

@@ -62,5 +62,5 @@ class AssignPrecision(GraphPass):
             record.qconfig_rule = f"precision({precision}, {plan.source})"
             record.float_reason = None
             if record.qconfig is None:
-                leave_float(node, f"the precision plan ({plan.source}) keeps it float")
+                leave_float(node, f"the precision plan ({plan.why(record.module_path)}) keeps it float")
         return gm

@@ -38,10 +38,7 @@ DEFAULT_CALIBRATION = 2  # random batches when --calibration is not given
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", help="package.module:factory, or a model file written by fxq.save")
-    parser.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (inputs separated by ';')")
-    parser.add_argument("--input-dtype", default="float32",
-                        help="dtype of the --input-shape inputs (int64 for token ids: random integers in [0, 100))")
-    parser.add_argument("--example-inputs", help="a .pt file with the example input tensor or tuple of tensors")
+    add_input_arguments(parser)
     parser.add_argument("--stage", choices=STAGES, default="converted")
     parser.add_argument("--calibration", help="number of random calibration batches, or a .pt file with a list of "
                                               "batches; also the data the per-node error is measured on")
@@ -60,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boundaries", action="store_true", help="also list observers and quantize/dequantize")
     parser.add_argument("--width", type=int, default=120, help="text width")
     parser.add_argument("--schema", action="store_true", help="print the JSON format's schema and exit")
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The example-input options (``example_inputs`` reads them); ``fxq tune`` takes the same."""
+    parser.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (inputs separated by ';')")
+    parser.add_argument("--input-dtype", default="float32",
+                        help="dtype of the --input-shape inputs (int64 for token ids: random integers in [0, 100))")
+    parser.add_argument("--example-inputs", help="a .pt file with the example input tensor or tuple of tensors")
 
 
 @dataclass
