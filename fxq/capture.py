@@ -80,12 +80,8 @@ def export(model: nn.Module, example_inputs: tuple) -> Captured:
     Raises:
         TraceError: export failed (names the model and the first line of torch's error).
     """
-    # every dimension of every tensor input may vary: a model exported for batch 8 x 64 tokens must still take
-    # batch 3 x 40 (export keeps a dimension static only where the model's code requires it)
-    dynamic = tuple({dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor)
-                    else None for value in example_inputs)
     try:
-        program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic, strict=False)
+        program = _export_batch_free(model, tuple(example_inputs))
     except Exception as err:  # torch raises many kinds; all mean "cannot capture"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TraceError(f"torch.export cannot capture {type(model).__name__}: {type(err).__name__}: {first}") \
@@ -93,6 +89,31 @@ def export(model: nn.Module, example_inputs: tuple) -> Captured:
     gm = program.module()
     _record_scopes(gm, model)
     return Captured(gm, [], how="export")
+
+
+def _export_batch_free(model: nn.Module, example_inputs: tuple):
+    """Export with every dimension of every tensor input dynamic: a model exported for batch 8 x 64 tokens must
+    still take batch 3 x 40 (export keeps a dimension static only where the model's code requires it).
+
+    Export fixes any dimension of size 1, so a batch-1 example (the usual latency setting) would give a model
+    that refuses every other batch: such inputs are exported repeated to batch 2 (the program still takes
+    batch 1), and as given only if the model cannot take two.
+    """
+    widened = tuple(value.repeat(2, *[1] * (value.dim() - 1))
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1 else value
+                    for value in example_inputs)
+    if any(wide is not value for wide, value in zip(widened, example_inputs, strict=True)):
+        try:
+            return _export_dynamic(model, widened)
+        except Exception:  # noqa: BLE001 - the model needs batch 1: export it as given
+            pass
+    return _export_dynamic(model, example_inputs)
+
+
+def _export_dynamic(model: nn.Module, inputs: tuple):
+    dynamic = tuple({dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor)
+                    else None for value in inputs)
+    return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
 
 
 def _record_scopes(gm: GraphModule, root: nn.Module) -> None:

@@ -134,3 +134,25 @@ def test_rules_resolve_the_same_on_traced_and_exported_graphs():
     rules = {rule for _, _, rule in resolved["export"]}
     assert {"module_name('block.fc2')", "module_name_object_type_order('block', torch.add, 0)",
             "object_type(Linear)", "module_name_regex('hea.')"} <= rules
+
+
+def test_an_export_from_a_batch_1_example_takes_any_batch():
+    """export fixes dimensions of size 1; fxq exports batch-1 examples at batch 2, so the model stays general."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    calibration = [(torch.randn(16, 8, generator=torch.Generator().manual_seed(seed)),) for seed in range(4)]
+    quantized = fxq.quantize(model, (torch.randn(1, 8),), calibration, capture="export", runtime="graph")
+    for batch in (1, 5):
+        x = torch.randn(batch, 8)
+        with torch.no_grad():
+            assert sqnr_db(model(x), quantized(x)) > 20
+
+
+class _NeedsBatchOne(nn.Module):
+    def forward(self, x):
+        return x.reshape(8) * 2  # only a batch of one fits
+
+
+def test_a_model_that_needs_batch_1_is_exported_as_given():
+    captured = fxq.capture.capture(_NeedsBatchOne(), (torch.randn(1, 8),), "export")
+    assert torch.equal(captured.graph_module(torch.ones(1, 8)), torch.full((8,), 2.0))
