@@ -211,6 +211,30 @@ def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module
     return _guard(lambda: cls(module, quantize_weight))
 
 
+def constant_linear_args(node) -> tuple | None:
+    """(weight node, bias node or None) of a functional linear call whose weight and bias are constants
+    (``get_attr``: an exported graph's Linear layers), which a dynamic module can run; None otherwise."""
+    from torch.fx import Node
+
+    if node.op != "call_function" or len(node.args) < 1:
+        return None
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    constant = [isinstance(value, Node) and value.op == "get_attr" for value in (weight, bias)]
+    if not constant[0] or not (bias is None or constant[1]):
+        return None
+    return weight, bias
+
+
+def linear_from_constants(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear holding a functional call's constant weight and bias (for ``dynamic_module``)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
 def dynamic_module(module: nn.Module, dtype: torch.dtype, quantize_weight) -> tuple[nn.Module | None, str]:
     """The dynamic runtime module for a Linear (or fused Linear+ReLU), LSTM or GRU, or (None, why not): what
     ``lower`` uses for nodes with a dynamic qconfig."""

@@ -19,6 +19,7 @@ from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import Observation, OpSupport, get_backend
+from fxq.dynamic import constant_linear_args
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
@@ -113,12 +114,13 @@ class _Placement:
     def _dynamic(self, node: Node) -> None:
         """Dynamic ops quantize their input at run time: nothing to observe; ``lower`` swaps the module."""
         record = info(node)
-        if node.op == "call_module" and record.concept in DYNAMIC_CONCEPTS:
+        if record.concept in DYNAMIC_CONCEPTS and (node.op == "call_module" or (
+                record.concept == "linear" and constant_linear_args(node) is not None)):
             record.precision = f"dynamic {str(record.qconfig.dynamic_dtype).replace('torch.', '')}"
         else:
             what = record.concept or _describe_target(node)
             leave_float(node, f"no dynamic kernel for {what}: dynamic quantization covers Linear (with a fused "
-                              "ReLU), LSTM and GRU modules")
+                              "ReLU), LSTM and GRU modules, and linear calls with constant weights")
 
     def _share(self, node: Node, narrowing: bool) -> None:
         """The output reuses the input's observer; a narrowing op's output also gets its own, recorded next to

@@ -130,9 +130,9 @@ def _share_unless_narrower(rw: Rewriter, backend, computed: dict[str, tuple]) ->
 
 
 def _lower_dynamic(rw: Rewriter, node: Node) -> None:
-    """A module with a dynamic qconfig becomes its dynamic runtime module (weights quantized now, activations at
-    run time)."""
-    from fxq.dynamic import dynamic_module
+    """A module (or a linear call with constant weights) with a dynamic qconfig becomes its dynamic runtime module
+    (weights quantized now, activations at run time)."""
+    from fxq.dynamic import constant_linear_args, dynamic_module, linear_from_constants
 
     record = info(node)
     factory = record.qconfig.weight
@@ -143,11 +143,24 @@ def _lower_dynamic(rw: Rewriter, node: Node) -> None:
         observer(weight.detach().float())
         return quantize_with(observer, weight.detach().float())
 
-    replacement, why = dynamic_module(rw.modules[node.target], record.qconfig.dynamic_dtype, quantize_weight)
+    constants = constant_linear_args(node) if node.op == "call_function" else None
+    if constants is not None:
+        module = linear_from_constants(*(_constant(rw.gm, value) for value in constants))
+    else:
+        module = rw.modules[node.target]
+    replacement, why = dynamic_module(module, record.qconfig.dynamic_dtype, quantize_weight)
     if replacement is None:
         leave_float(node, why)
         return
-    rw.set_module(node.target, replacement)
+    if constants is None:
+        rw.set_module(node.target, replacement)
+    else:  # the call becomes a call of the new module, and the float constants go
+        name = rw.unique_name(record.module_path or node.name)
+        rw.set_module(name, replacement)
+        node.op, node.target, node.args, node.kwargs = "call_module", name, (node.args[0],), {}
+        for value in constants:
+            if value is not None:
+                rw.release_attribute(value)
     record.lowered_to = f"{type(replacement).__name__}({record.precision})"
     rw.stamp(node)
 

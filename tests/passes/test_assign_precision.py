@@ -7,8 +7,9 @@ import torch
 import fxq
 from fxq.annotation import info
 from fxq.nn.quantized import QuantizedLinear
+from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.precision import PrecisionPlan, qconfig_for
-from tests.models import calibration_batches, eval_batches, example_inputs, make_model
+from tests.models import calibration_batches, eval_batches, example_inputs, make_model, sqnr
 
 PLAN = {"fc1": "fp16", "fc2": "int8-dynamic", "fc3": "float"}
 
@@ -84,3 +85,22 @@ def test_qconfig_for_int8_starts_from_the_mappings_global_qconfig():
     base = fxq.get_default_qconfig("qnnpack")
     assert qconfig_for("int8", "x86", base) is base
     assert qconfig_for("float", "x86") is None
+
+
+def test_dynamic_and_fp16_plans_run_their_kernels_on_an_exported_graph_too():
+    """torch.export gives linear calls with constant weights, not modules: they become dynamic modules all the
+    same (and TorchScript runs them), rather than staying float."""
+    model = make_model("mlp")
+    quantized = fxq.quantize(model, example_inputs("mlp"), calibration_batches("mlp", n=2), backend="x86",
+                             capture="export", precision={"fc1": "int8-dynamic", "fc2": "fp16"},
+                             runtime="torchscript")
+    modules = dict(quantized.named_modules())
+    kinds = {info(n).module_path: modules[n.target] for n in quantized.graph.nodes if n.op == "call_module"
+             and info(n).module_path in ("fc1", "fc2")}
+    assert isinstance(kinds["fc1"], DynamicLinear) and not kinds["fc1"].fp16
+    assert isinstance(kinds["fc2"], DynamicLinear) and kinds["fc2"].fp16
+    assert quantized.meta["fxq_runtime"]["name"] == "torchscript"
+    x = eval_batches("mlp", n=1)[0]
+    with torch.no_grad():
+        assert sqnr(model(*x), quantized(*x)) > 25
+    assert not any(n.op == "get_attr" and "fc1" in n.target for n in quantized.graph.nodes)  # no float copy left

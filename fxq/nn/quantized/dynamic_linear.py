@@ -37,11 +37,15 @@ class DynamicLinear(PackedWeightModule):
         ops = torch.ops.quantized
         if self.fp16:
             return ops.linear_relu_dynamic_fp16 if self.relu else ops.linear_dynamic_fp16
-        kernel = ops.linear_relu_dynamic if self.relu else ops.linear_dynamic
-        reduce_range = self.reduce_range
-        return lambda x, packed: kernel(x, packed, reduce_range)
+        return ops.linear_relu_dynamic if self.relu else ops.linear_dynamic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the kernel an attribute (TorchScript compiles a call of it), its reduce_range argument spelled out
+        # only where set: the fp16 kernels take none
+        if self.reduce_range:
+            if self.relu:
+                return torch.ops.quantized.linear_relu_dynamic(x, self._packed, True)
+            return torch.ops.quantized.linear_dynamic(x, self._packed, True)
         return self._run(x, self._packed)
 
     def extra_repr(self) -> str:
