@@ -128,14 +128,23 @@ def tune_minilm(model: nn.Module, tokenizer, reference: torch.Tensor, example_in
 
 
 def _int8_linears(model) -> str:
-    """Static int8 Linears / all Linears (dynamic ones when a model mixes both)."""
+    """Static int8 Linears / all Linears (dynamic ones when a model mixes both). In an fxq graph a Linear is a
+    node (an exported graph's float ones are calls, not modules); elsewhere a module."""
     if not isinstance(model, nn.Module):
         return "n/a"
+    from torch.fx import GraphModule
+
+    from fxq.annotation import info
     from fxq.nn.quantized import QuantizedLinear, QuantizedLinearFloatOutput
     from fxq.nn.quantized.dynamic_linear import DynamicLinear
+    from fxq.precision import LINEAR_CONCEPTS
 
-    static = sum(isinstance(m, (QuantizedLinear, QuantizedLinearFloatOutput)) for m in model.modules())
-    dynamic = sum(isinstance(m, DynamicLinear) for m in model.modules())
-    linears = sum(isinstance(m, (nn.Linear, QuantizedLinear, QuantizedLinearFloatOutput, DynamicLinear))
-                  for m in model.modules())
-    return f"{static}/{linears}" + (f" + {dynamic} dynamic" if static and dynamic else "")
+    if isinstance(model, GraphModule):
+        modules = dict(model.named_modules())
+        layers = [modules.get(node.target) if node.op == "call_module" else None for node in model.graph.nodes
+                  if info(node).concept in LINEAR_CONCEPTS and node.op in ("call_module", "call_function")]
+    else:
+        layers = [m for m in model.modules() if isinstance(m, (nn.Linear, DynamicLinear))]
+    static = sum(isinstance(m, (QuantizedLinear, QuantizedLinearFloatOutput)) for m in layers)
+    dynamic = sum(isinstance(m, DynamicLinear) for m in layers)
+    return f"{static}/{len(layers)}" + (f" + {dynamic} dynamic" if dynamic else "")

@@ -50,6 +50,7 @@ class TuneReport:
     layers: list[LayerTuning] = field(default_factory=list)
     points: list[TunePoint] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the search found on the way (the whole-model speed check)
     threads: int = field(default_factory=torch.get_num_threads)
     backend: str = "x86"
 
@@ -95,7 +96,8 @@ class TuneReport:
                            [[point.label, str(point.int8_layers), f"{point.score:.5g}", f"{point.latency_ms:.3g}",
                              "yes" if point.meets_budget else "no", "chosen" if point.chosen else ""]
                             for point in self.points], 140)
-        return f"{head}\n\n{layers}\n\n{points}"
+        notes = "".join(f"\n{note}" for note in self.notes)
+        return f"{head}{notes}\n\n{layers}\n\n{points}"
 
 
 def _ms(value: float | None) -> str:

@@ -33,7 +33,7 @@ from fxq.errors import CalibrationError, ConfigError, FxqError
 from fxq.precision import LINEAR_CONCEPTS, PrecisionPlan
 from fxq.qconfig_mapping import QConfigMapping
 from fxq.timing import time_interleaved
-from fxq.tuning.layer_times import LayerTime, measure_layer_times, tunable_layers
+from fxq.tuning.layer_times import SLOWER_MARGIN, LayerTime, measure_layer_times, tunable_layers
 from fxq.tuning.proxy import NAME as PROXY_NAME
 from fxq.tuning.proxy import OutputCosine
 from fxq.tuning.report import LayerTuning, TunePoint, TuneReport
@@ -132,8 +132,7 @@ class _Search:
 
     # -- the steps -------------------------------------------------------------------------------------------
     def run(self, keep_slow_float: bool, runtime: str) -> TuneResult:
-        from fxq.runtime import install_runtime
-
+        self.runtime = runtime
         self.float_score = self._score(self.model)
         self.float_ms = self._latency(self.model)
         prepared, all_int8 = self._build({})
@@ -143,20 +142,34 @@ class _Search:
         self.progress("timing layers", 1, 1)
         own = layer_sensitivity(prepared, all_int8, self.compare_batches)
         sensitivity = {path: own.get(path, math.inf) for path in layers}
-        del prepared, all_int8
         slow = {path: times[path] for path in layers if keep_slow_float and path in times
                 and times[path].int8_is_slower}
-        base = {path: "float" for path in slow}
         reasons = {path: f"int8 is slower here ({timed.describe()})" for path, timed in slow.items()}
+        self.speed_note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons) if slow else ""
+        if self.speed_note.startswith("kept int8"):
+            slow, reasons = {}, {}
+        del prepared, all_int8
+        base = {path: "float" for path in slow}
         ranked = sorted((path for path in layers if path not in slow), key=lambda path: sensitivity[path])
         chosen = self._search(base, reasons, ranked, layers)
         for trial in self.trials:
             trial.point = _with_chosen(trial.point, trial is chosen)
         plan = PrecisionPlan({**chosen.point.plan}, "search", reasons)
-        install_runtime(chosen.model, runtime)
         report = self._report(chosen, layers, times, sensitivity, plan)
         _attach(chosen.model, self.model, self.backend, report)
         return TuneResult(chosen.model, plan.to_mapping(self.mapping, self.backend), plan, report)
+
+    def _confirm_faster(self, all_int8: GraphModule, speed_plan: dict[str, str], reasons: dict) -> str:
+        """Per-layer times leave out what a whole model adds (the runtime's per-op cost, caches); keep the layers
+        they call slower float only if the model with them float is faster than int8 everywhere, too."""
+        _, planned = self._build(speed_plan, reasons)
+        timed = time_interleaved({"int8": lambda: all_int8(*self.example_inputs),
+                                  "planned": lambda: planned(*self.example_inputs)}, rounds=15, warmup=2)
+        both = f"{timed['planned']:.3g} ms with them float vs {timed['int8']:.3g} ms int8 everywhere"
+        if timed["planned"] * SLOWER_MARGIN < timed["int8"]:
+            return f"float where int8 is slower: {both}"
+        return (f"kept int8 the {len(speed_plan)} layers slower in int8 alone: the whole model is not faster with "
+                f"them float ({both})")
 
     def _search(self, base: dict, reasons: dict, ranked: list[str], layers: dict[str, str]) -> _Trial:
         trial = self._trial("int8 where faster" if base else "int8 everywhere", base, reasons, layers)
@@ -212,7 +225,7 @@ class _Search:
             for index, batch in enumerate(self.batches):
                 prepared(*batch)
                 self.progress("calibrating", index + 1, len(self.batches))
-        return prepared, convert(prepared, runtime="graph")
+        return prepared, convert(prepared, runtime=self.runtime)
 
     def _trial(self, label: str, assignments: dict[str, str], reasons: dict, layers: dict[str, str]) -> _Trial:
         _, model = self._build(assignments, reasons)
@@ -269,17 +282,25 @@ class _Search:
         for path, concept in layers.items():
             precision = plan.assignments.get(path, "int8")
             timed = times.get(path)
-            why = plan.reasons.get(path) or ("the search keeps it int8" if precision == "int8" else
-                                            f"among the layers that add the most error ({sensitivity[path]:.1f} dB)")
+            why = plan.reasons.get(path) or _why(precision, timed, sensitivity[path])
             rows.append(LayerTuning(path, concept, sensitivity[path], timed and timed.int8_ms,
                                     timed and timed.float_ms, precision, why))
         report = TuneReport(metric=self.metric_name, float_score=self.float_score, max_drop=self.max_drop,
                             score=chosen.point.score, latency_ms=chosen.point.latency_ms,
                             float_latency_ms=self.float_ms, evaluations=self.evaluations, layers=rows,
-                            points=[trial.point for trial in self.trials], backend=self.backend)
+                            points=[trial.point for trial in self.trials], backend=self.backend,
+                            notes=[self.speed_note] if self.speed_note else [])
         if not report.met:
             report.suggestions = _suggestions(self)
         return report
+
+
+def _why(precision: str, timed: LayerTime | None, sensitivity_db: float) -> str:
+    if precision != "int8":
+        return f"among the layers that add the most error ({sensitivity_db:.1f} dB alone in int8)"
+    if timed is not None and timed.int8_is_slower:
+        return "slower in int8 alone, but the whole model is not faster with such layers float (see the notes)"
+    return "the search keeps it int8"
 
 
 def _chosen_by_default(rule: str | None) -> bool:
