@@ -10,7 +10,6 @@ import math
 
 from fxq.dump.html import _STYLE as _DUMP_STYLE
 from fxq.dump.html import _clip, _e, _error_colour
-from fxq.tuning.layer_times import LayerTime
 from fxq.tuning.report import LayerTuning, TunePoint, TuneReport
 
 MEETS, MISSES, CHOSEN, FLOAT_LINE = "#2d6a4f", "#c1121f", "#1c7ed6", "#868e96"
@@ -77,7 +76,8 @@ def _summary(report: TuneReport) -> str:
             ("metric evaluations", str(report.evaluations)),
             ("latency", f"{_ms(report.latency_ms)} ms vs float {_ms(report.float_latency_ms)} ms{_e(speed)}"),
             ("threads", str(report.threads)), ("backend", _e(report.backend)),
-            ("layers per precision", _e(counts))]
+            ("layers per precision", _e(counts)),
+            *(("speed check", _e(note)) for note in report.notes)]
     body = "".join(f"<tr><th>{_e(name)}</th><td>{value}</td></tr>" for name, value in rows)
     return f'<table class="summary" id="summary">{body}</table>'
 
@@ -270,10 +270,7 @@ def _time_bars(layer: LayerTuning, longest: float) -> str:
 
 
 def _kept_for_speed(layer: LayerTuning) -> bool:
-    """Kept out of int8 although int8 is measurably slower: the search keeps such layers float for speed."""
-    if layer.precision != "float" or not _finite([layer.int8_ms]) or not _finite([layer.float_ms]):
-        return False
-    return LayerTime(layer.int8_ms, layer.float_ms).int8_is_slower
+    return layer.precision == "float" and layer.for_speed
 
 
 # -- numbers -----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ class LayerTuning:
     float_ms: float | None
     precision: str
     why: str
+    for_speed: bool = False  # float because int8 is slower here (and the whole model confirmed it)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.annotation import info
+from fxq.backends import get_backend
 from fxq.errors import CalibrationError, ConfigError, FxqError
 from fxq.precision import LINEAR_CONCEPTS, PrecisionPlan
 from fxq.qconfig_mapping import QConfigMapping
@@ -142,7 +143,8 @@ class _Search:
         self.progress("timing layers", 1, 1)
         own = layer_sensitivity(prepared, all_int8, self.compare_batches)
         sensitivity = {path: own.get(path, math.inf) for path in layers}
-        slow = {path: times[path] for path in layers if keep_slow_float and path in times
+        simulated = get_backend(self.backend).engine is None  # no kernels: int8 simulated in float, nothing to gain
+        slow = {path: times[path] for path in layers if keep_slow_float and not simulated and path in times
                 and times[path].int8_is_slower}
         reasons = {path: f"int8 is slower here ({timed.describe()})" for path, timed in slow.items()}
         self.speed_note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons) if slow else ""
@@ -284,7 +286,7 @@ class _Search:
             timed = times.get(path)
             why = plan.reasons.get(path) or _why(precision, timed, sensitivity[path])
             rows.append(LayerTuning(path, concept, sensitivity[path], timed and timed.int8_ms,
-                                    timed and timed.float_ms, precision, why))
+                                    timed and timed.float_ms, precision, why, for_speed=path in plan.reasons))
         report = TuneReport(metric=self.metric_name, float_score=self.float_score, max_drop=self.max_drop,
                             score=chosen.point.score, latency_ms=chosen.point.latency_ms,
                             float_latency_ms=self.float_ms, evaluations=self.evaluations, layers=rows,

@@ -133,3 +133,9 @@ def test_bad_options_are_refused_with_the_fix(options, error):
 def test_no_calibration_data_is_an_error():
     with pytest.raises(fxq.CalibrationError):
         fxq.tune(OneOutlier().eval(), batches(32, 1)[0], [])
+
+
+def test_the_reference_backend_simulates_int8_so_no_layer_is_kept_float_for_speed():
+    model = TinyHead().eval()
+    result = fxq.tune(model, (torch.randn(1, 512),), batches(512, 8), backend="reference", runtime="graph")
+    assert result.report.counts() == {"int8": 2} and not result.report.notes

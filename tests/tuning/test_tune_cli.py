@@ -111,7 +111,7 @@ def test_html_renders_in_a_headless_browser_without_console_errors(run):
 def _report(met: bool) -> TuneReport:
     """A hand-made report: three layers (one exact, one kept float for speed, one never timed), three plans."""
     layers = [LayerTuning("enc.fc<1>", "linear", 14.2, 0.10, 0.20, "int8", "the search keeps it int8"),
-              LayerTuning("enc.fc2", "linear_relu", None, 0.30, 0.10, "float", "int8 is slower here"),
+              LayerTuning("enc.fc2", "linear_relu", None, 0.30, 0.10, "float", "int8 is slower here", for_speed=True),
               LayerTuning("head", "conv", math.inf, None, None, "int8-dynamic", "adds the most error & <more>")]
     points = [TunePoint("int8 everywhere", {}, 3, 0.80, 1.0, False),
               TunePoint("top 1 at float", {"head": "float"}, 2, 0.91 if not met else 0.945, 1.2, met, True),
