@@ -1,4 +1,5 @@
-"""Per-layer precision: the candidates fxq lowers to real CPU kernels, and a plan that gives layers one each.
+"""Per-layer precision: the candidates fxq lowers to real CPU kernels (or, int16, simulates on the reference
+backend), and a plan that gives layers one each.
 
 A precision is a name for what a layer computes in, each backed by a QConfig the pipeline already lowers:
 
@@ -8,6 +9,9 @@ A precision is a name for what a layer computes in, each backed by a QConfig the
   int8 kernels run them: half the weight information for layers that tolerate it, at int8 speed;
 - ``int8-dynamic`` (Linear): int8 weights, activations quantized per call from their own range;
 - ``fp16`` (Linear): fp16 weights on fbgemm's fp16 kernel, float activations;
+- ``int16`` (W8A16): int8 weights as ``int8`` has them and 16-bit activations, for layers 8-bit activations hurt.
+  No CPU kernel in torch runs it, so only the reference backend takes it (simulated: quantize/dequantize to 16
+  bits around the float op); a native backend refuses it rather than run something else;
 - ``float``: not quantized.
 
 A ``PrecisionPlan`` maps module paths to precisions. The ``assign-precision`` pass applies it after
@@ -25,7 +29,11 @@ import torch
 from fxq.errors import ConfigError
 from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfig
 
-PRECISIONS = ("int8", "w4a8", "int8-dynamic", "fp16", "float")
+PRECISIONS = ("int8", "w4a8", "int8-dynamic", "fp16", "int16", "float")
+# no CPU kernel runs these: only a backend without kernels (the reference one) simulates them
+SIMULATED_ONLY = frozenset({"int16"})
+# 16-bit activation levels, held in torch.qint32 (torch has no qint16); quantizes clamp to them (``lower``)
+INT16_RANGE = (-(2**15), 2**15 - 1)
 LINEAR_ONLY = frozenset({"int8-dynamic", "fp16"})  # CPU kernels exist for Linear (and fused Linear+ReLU) only
 LINEAR_CONCEPTS = frozenset({"linear", "linear_relu"})
 # the layers a plan names and a search tunes: the ones with weights, where int8 saves the arithmetic
@@ -36,7 +44,8 @@ TUNABLE_CONCEPTS = LINEAR_CONCEPTS | frozenset({
 
 def qconfig_for(precision: str, backend: str, int8: QConfig | None = None) -> QConfig | None:
     """The QConfig that makes a layer compute in ``precision`` on ``backend``; ``int8`` is the static qconfig to
-    start from (the mapping's global one), the backend's default if None."""
+    start from (the mapping's global one), the backend's default if None. ``int16`` gets its QConfig on any backend;
+    the plan (``assign-precision``, ``PrecisionPlan.to_mapping``) refuses it where no kernel runs it."""
     check_precision(precision)
     static = int8 if int8 is not None else get_default_qconfig(backend)
     if precision == "int8":
@@ -51,7 +60,47 @@ def qconfig_for(precision: str, backend: str, int8: QConfig | None = None) -> QC
         return get_default_dynamic_qconfig(torch.qint8, backend)
     if precision == "fp16":
         return get_default_dynamic_qconfig(torch.float16, backend)
+    if precision == "int16":
+        return QConfig(activation=int16_activation(), weight=static.weight)
     return None
+
+
+def int16_activation():
+    """The int16 activation observer factory: min/max, symmetric, levels [-32768, 32767] in a qint32.
+
+    Symmetric (zero point 0) because that is what the kernels that run W8A16 take (TFLite's 16x8 mode requires
+    it: a zero point would add cross terms to the 16 x 8-bit products), so the simulation is of something a
+    kernel can compute; a one-sided value (after a ReLU) then uses 15 of the 16 bits, still 7 more than int8.
+    Min/max rather than a histogram search: with 65,536 levels a step is far finer than what clipping outliers
+    could win back, and a 2,048-bin histogram could not even place the range to within one step.
+    """
+    from fxq.observers import MinMaxObserver
+
+    low, high = INT16_RANGE
+    return MinMaxObserver.with_args(dtype=torch.qint32, symmetric=True, quant_min=low, quant_max=high)
+
+
+def has_kernels(backend: str) -> bool:
+    """Whether ``backend`` lowers to CPU kernels (x86, qnnpack) rather than simulating (reference)."""
+    from fxq.backends import get_backend
+
+    found = get_backend(backend)
+    return found.engine is not None or bool(found.lowering_rules)
+
+
+def check_kernel(precision: str, backend: str, where: str) -> None:
+    """Refuse ``precision`` at ``where`` ("the precision plan gives module 'fc' (linear, node 'fc')") when only a
+    simulation runs it and ``backend`` lowers to kernels.
+
+    Raises:
+        ConfigError: int16 on x86 or qnnpack, with the fix.
+    """
+    if precision in SIMULATED_ONLY and has_kernels(backend):
+        raise ConfigError(
+            f"{where} precision {precision!r} (int8 weights, 16-bit activations), but backend {backend!r} has no "
+            f"{precision} kernel: torch's CPU kernels take 8-bit activations only, and fxq does not leave a planned "
+            f"layer float silently. Use backend='reference' to simulate {precision} (16-bit quantize/dequantize "
+            "around the float op), or give the layer 'float', or 'int8-dynamic' (Linear), for a real CPU kernel")
 
 
 def check_precision(precision: str) -> str:
@@ -86,10 +135,15 @@ class PrecisionPlan:
         return f"{self.source}: {self.reasons[path]}" if path in self.reasons else self.source
 
     def to_mapping(self, mapping, backend: str):
-        """A copy of ``mapping`` with one ``set_module_name`` rule per planned module: the plan as rules."""
+        """A copy of ``mapping`` with one ``set_module_name`` rule per planned module: the plan as rules.
+
+        Raises:
+            ConfigError: a precision no kernel of ``backend`` runs (int16 on x86 or qnnpack), as the plan does.
+        """
         from fxq.qconfig_mapping import QConfigMapping
 
         result = QConfigMapping.from_dict(mapping.to_dict())
         for path, precision in self.assignments.items():
+            check_kernel(precision, backend, f"the precision plan gives module {path!r}")
             result.set_module_name(path, qconfig_for(precision, backend, mapping.global_qconfig))
         return result

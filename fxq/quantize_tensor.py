@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 
 from fxq.observers import MinMaxObserver, Observer
+from fxq.precision import INT16_RANGE
+from fxq.qparams import qrange
 
 
 def quantize_with(observer, tensor: torch.Tensor, qparams: tuple | None = None) -> torch.Tensor:
@@ -27,18 +29,44 @@ def _within_levels(observer, tensor: torch.Tensor, scale: torch.Tensor, zero_poi
     if getattr(observer, "per_channel", False) and tensor.dim():
         shape[observer.ch_axis] = -1
     scale, zero_point = scale.float().reshape(shape or [-1]), zero_point.float().reshape(shape or [-1])
-    low, high = (observer.quant_min - zero_point) * scale, (observer.quant_max - zero_point) * scale
+    low, high = _level_bounds(observer, scale, zero_point)
     if tensor.dim() == 0:
         low, high = low.reshape(()), high.reshape(())
     return torch.minimum(torch.maximum(tensor, low), high)
 
 
+def _level_bounds(observer, scale, zero_point):
+    """The float values of the observer's lowest and highest levels."""
+    return (observer.quant_min - zero_point) * scale, (observer.quant_max - zero_point) * scale
+
+
+def activation_bounds(observer, scale: float, zero_point: int) -> tuple[float, float] | None:
+    """The float range a per-tensor quantize of an activation must be clamped to first, as ``_within_levels`` does
+    for weights, when torch's quantize would store levels beyond the observer's: a qint32 observer with a
+    narrower range (int16 activations; torch has no qint16 and clamps a qint32 only to 32 bits). None otherwise:
+    8-bit activations keep torch's clamp to their dtype's range, as they always had."""
+    full = qrange(observer.dtype)
+    if observer.dtype != torch.qint32 or (observer.quant_min, observer.quant_max) == full:
+        return None
+    low, high = _level_bounds(observer, float(scale), int(zero_point))
+    return float(low), float(high)
+
+
+def dtype_name(observer) -> str:
+    """The dtype the annotation records: "int16" for 16-bit levels held in a qint32, else the torch dtype's name."""
+    if observer.dtype == torch.qint32 and (observer.quant_min, observer.quant_max) == INT16_RANGE:
+        return "int16"
+    return str(observer.dtype).replace("torch.", "")
+
+
 def describe_qparams(observer, qparams: tuple | None = None) -> dict:
-    """Plain-data qparams for the node annotation: dtype, scheme and scale/zero point (lists if per channel)."""
+    """Plain-data qparams for the node annotation: dtype, scheme and scale/zero point (lists if per channel);
+    int16 levels say "int16", with the dtype holding them as ``storage`` ("qint32")."""
     scale, zero_point = qparams if qparams is not None else observer.calculate_qparams()
     per_channel = bool(getattr(observer, "per_channel", False))
-    result = {"dtype": str(observer.dtype).replace("torch.", ""),
-              "scheme": "per_channel" if per_channel else "per_tensor"}
+    result = {"dtype": dtype_name(observer), "scheme": "per_channel" if per_channel else "per_tensor"}
+    if result["dtype"] != str(observer.dtype).replace("torch.", ""):
+        result["storage"] = str(observer.dtype).replace("torch.", "")
     if per_channel:
         result.update(axis=observer.ch_axis, scale=scale.tolist(), zero_point=zero_point.tolist())
     else:

@@ -5,7 +5,8 @@ Runs after ``assign-qconfig`` and before ``insert-observers``, and does nothing 
 and ``qconfig_rule = "precision(<precision>, <source>)"``, so the dump says who decided (``insert-observers``
 then records the precision the kernels run, as for any qconfig). A plan replaces what the global qconfig or a recipe chose; an explicit QConfigMapping rule for the node
 (a module name, type or regex) wins, and the node's record says the plan was declined there. A precision with
-no kernel for the layer (fp16 for a convolution) and a path the model does not have are errors.
+no kernel for the layer (fp16 for a convolution), ``int16`` on a backend with kernels (x86, qnnpack: none takes
+16-bit activations; the reference backend simulates it) and a path the model does not have are errors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fxq.annotation import info, leave_float
 from fxq.errors import ConfigError
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_registry import register_pass
-from fxq.precision import LINEAR_CONCEPTS, LINEAR_ONLY, qconfig_for
+from fxq.precision import LINEAR_CONCEPTS, LINEAR_ONLY, check_kernel, qconfig_for
 from fxq.qconfig_mapping import with_suggestion
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -58,6 +59,8 @@ class AssignPrecision(GraphPass):
                 raise ConfigError(f"the precision plan gives module {record.module_path!r} ({record.concept}, node "
                                   f"{node.name!r}) precision {precision!r}, which has a CPU kernel for Linear "
                                   "layers only; use 'int8', 'w4a8' or 'float' there")
+            check_kernel(precision, ctx.backend, f"the precision plan gives module {record.module_path!r} "
+                                                 f"({record.concept}, node {node.name!r})")
             record.qconfig = qconfig_for(precision, ctx.backend, int8)
             record.qconfig_rule = f"precision({precision}, {plan.source})"
             record.float_reason = None

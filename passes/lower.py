@@ -2,9 +2,10 @@
 
 Needs an observed graph whose observers have seen calibration data (an observer that saw none is an error
 naming its node). Afterwards every observer is an explicit ``quantize_per_tensor -> dequantize`` pair with the
-observed qparams (an average pool's output takes its input's unless calibration saw it far narrower), weighted
-ops hold their weight as a quantized tensor (per-tensor or per-channel, as the weight observer says), and the
-backend's lowering rules (none for "reference") have rewritten the reference patterns they support into native
+observed qparams (an average pool's output takes its input's unless calibration saw it far narrower; an int16
+activation, 16-bit levels held in a qint32, is clamped to those levels before its quantize), weighted ops hold
+their weight as a quantized tensor (per-tensor or per-channel, as the weight observer says), and the backend's
+lowering rules (none for "reference") have rewritten the reference patterns they support into native
 kernels. Every op node records what it became, or why it stayed float.
 """
 
@@ -25,7 +26,7 @@ from fxq.nn.quantized.engine import using_engine
 from fxq.nn.reference import WeightQuantized
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
-from fxq.quantize_tensor import describe_qparams, quantize_weight, quantize_with
+from fxq.quantize_tensor import activation_bounds, describe_qparams, quantize_weight, quantize_with
 from fxq.rewriter import Rewriter, drop_unused_submodules
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
 from fxq.statistics import drop_statistics
@@ -80,10 +81,17 @@ def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -
         computed[call.target] = observer.calculate_qparams()
     scale, zero_point = computed[call.target]
     qparams = describe_qparams(observer, computed[call.target])
-    q = rw.insert("call_function", torch.quantize_per_tensor, (value, float(scale), int(zero_point), observer.dtype),
-                  after=call, like=value)
+    bounds = activation_bounds(observer, scale, zero_point)
+    clamp = None  # int16 levels in a qint32: torch's quantize clamps only to 32 bits, so clamp to 16 first
+    if bounds is not None:
+        clamp = rw.insert("call_function", torch.clamp, (value, *bounds), after=call, like=value)
+    q = rw.insert("call_function", torch.quantize_per_tensor,
+                  (value if clamp is None else clamp, float(scale), int(zero_point), observer.dtype),
+                  after=call if clamp is None else clamp, like=value)
     dq = rw.insert("call_method", "dequantize", (q,), after=q, like=value)
-    for node, role in ((q, "quantize"), (dq, "dequantize")):
+    for node, role in ((clamp, "quantize"), (q, "quantize"), (dq, "dequantize")):
+        if node is None:
+            continue
         info(node).lowered_to = role
         info(node).qparams["output"] = qparams
         node.meta[VALUE_KEY] = value.meta.get(VALUE_KEY)

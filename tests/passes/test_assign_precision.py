@@ -104,3 +104,107 @@ def test_dynamic_and_fp16_plans_run_their_kernels_on_an_exported_graph_too():
     with torch.no_grad():
         assert sqnr(model(*x), quantized(*x)) > 25
     assert not any(n.op == "get_attr" and "fc1" in n.target for n in quantized.graph.nodes)  # no float copy left
+
+
+class _NormThenLinear(torch.nn.Module):
+    """A layer norm reading the model's input (so its input and output are both the planned layer's
+    activations) and a linear after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.fc = torch.nn.LayerNorm(64), torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+def _norm_model():
+    torch.manual_seed(0)
+    return _NormThenLinear().eval()
+
+
+def _quantized_norm(precision, backend="reference", mapping=None):
+    return fxq.quantize(_norm_model(), example_inputs("mlp"), calibration_batches("mlp", n=2), backend=backend,
+                        qconfig_mapping=mapping, precision=None if precision is None else {"norm": precision},
+                        runtime="graph")
+
+
+def _node_values(gm, *inputs):
+    """Every node's value (quantized tensors as they are) on ``inputs``."""
+    values = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            values[node] = super().run_node(node)
+            return values[node]
+
+    with torch.no_grad():
+        Recorder(gm).run(*inputs)
+    return values
+
+
+def _quantized_output(gm, path):
+    """The (clamp ->) quantize -> dequantize chain after module ``path``'s op: what later ops read of it."""
+    node = _by_module(gm)[path]
+    chain = []
+    while len(node.users) == 1 and info(next(iter(node.users))).lowered_to in ("quantize", "dequantize"):
+        node = next(iter(node.users))
+        chain.append(node)
+    return chain
+
+
+def test_int16_on_the_reference_backend_quantizes_activations_to_16_bits():
+    """W8A16 is simulated honestly: the planned layer's output is 16-bit (SQNR ~50 dB above int8's), its levels
+    lie in [-32768, 32767] even for inputs far beyond calibration, and the dump says int16."""
+    float_model = _norm_model()
+    x = eval_batches("mlp", n=1)[0][0]
+    with torch.no_grad():
+        expected = float_model.norm(x)
+    errors = {}
+    for precision in ("int8", "int16"):
+        quantized = _quantized_norm(precision)
+        values = _node_values(quantized, x)
+        errors[precision] = sqnr(expected, values[_quantized_output(quantized, "norm")[-1]])
+    assert errors["int16"] >= errors["int8"] + 30, errors
+
+    quantized = _quantized_norm("int16")
+    chain = _quantized_output(quantized, "norm")
+    assert [n.target for n in chain] == [torch.clamp, torch.quantize_per_tensor, "dequantize"]
+    quantizes = [n for n in quantized.graph.nodes if n.target is torch.quantize_per_tensor and n.args[3] == torch.qint32]
+    assert len(quantizes) == 2  # the norm's input (the model's input, observed with its qconfig) and its output
+    values = _node_values(quantized, x)
+    for node in quantizes:
+        levels = values[node].int_repr()
+        assert levels.min() >= -32768 and levels.max() <= 32767 and len(levels.unique()) > 256
+    # ten times what calibration saw: torch's qint32 quantize alone would store levels up to ~10 x 32767
+    levels = _node_values(quantized, 10 * x)[quantizes[0]].int_repr()
+    assert levels.min() == -32768 and levels.max() == 32767
+
+    rows = {row.name: row for row in fxq.inspect(quantized)}
+    norm = _by_module(quantized)["norm"].name
+    assert rows[norm].qdtype == "int16" and rows[norm].rule == "precision(int16, user)"
+    assert info(_by_module(quantized)["norm"]).qparams["output"]["storage"] == "qint32"
+
+
+def test_the_int16_plan_as_mapping_rules_gives_the_same_model():
+    plan = PrecisionPlan({"norm": "int16"})
+    planned = _quantized_norm("int16")
+    by_rules = _quantized_norm(None, mapping=plan.to_mapping(fxq.get_default_qconfig_mapping("reference"),
+                                                              "reference"))
+    x = eval_batches("mlp", n=1)[0]
+    with torch.no_grad():
+        assert torch.equal(planned(*x), by_rules(*x))
+    assert planned.code == by_rules.code
+    qconfig = qconfig_for("int16", "reference")
+    observer = qconfig.activation()
+    assert (observer.dtype, observer.quant_min, observer.quant_max) == (torch.qint32, -32768, 32767)
+    assert qconfig.weight == qconfig_for("int8", "reference").weight  # int8 weights, as int8 has them
+
+
+@pytest.mark.parametrize("backend", ["x86", "qnnpack"])
+def test_int16_on_a_native_backend_is_refused_with_the_fix(backend):
+    fix = r"no int16 kernel.*backend='reference' to simulate.*'float', or 'int8-dynamic' \(Linear\)"
+    with pytest.raises(fxq.ConfigError, match=r"module 'fc2' \(linear_relu, node 'fc2'\).*" + fix):
+        _quantized(plan={"fc2": "int16"}, backend=backend)
+    with pytest.raises(fxq.ConfigError, match=r"module 'fc2'.*" + fix):
+        PrecisionPlan({"fc2": "int16"}).to_mapping(fxq.get_default_qconfig_mapping(backend), backend)
