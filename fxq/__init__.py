@@ -28,6 +28,7 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_manager import PassManager
 from fxq.pass_registry import available_passes, get_pass, register_pass
 from fxq.pattern import ANY, Pattern
+from fxq.qat import prepare_qat
 from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfig
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from fxq.saving import load, save
@@ -42,5 +43,5 @@ __all__ = [
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
-    "report_of", "save", "load", "trace", "export", "tune", "TuneResult",
+    "report_of", "save", "load", "trace", "export", "tune", "TuneResult", "prepare_qat",
 ]

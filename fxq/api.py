@@ -32,6 +32,9 @@ from fxq.tracing import TRACE_OPTIONS_KEY
 
 PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
 CONVERT_PASSES = ("lower", "cleanup")  # a recipe's passes precede "lower"
+QAT_PREPARE_PASSES = ("fake-quantize",)  # after a recipe's, in prepare_qat
+QAT_CONVERT_PASSES = ("qat-to-float",)  # before a recipe's, converting a QAT-prepared model
+QAT_KEY = "fxq_qat"
 
 _BACKEND_KEY = "fxq_backend"
 RECORDS_KEY = "fxq_records"
@@ -68,10 +71,19 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     Raises:
         ConfigError, TraceError: bad options, or a model that cannot be captured.
     """
+    return _prepare(model, qconfig_mapping, example_inputs, backend=backend, leaf_modules=leaf_modules,
+                    leaf_module_types=leaf_module_types, concrete_args=concrete_args, keep_snapshots=keep_snapshots,
+                    capture=capture, recipe=recipe, precision=precision, training=False)
+
+
+def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str, leaf_modules, leaf_module_types,
+             concrete_args, keep_snapshots: bool, capture: str, recipe, precision, training: bool) -> GraphModule:
+    """``prepare``, or with ``training`` ``fxq.prepare_qat``: the same passes, the recipe without its
+    calibration-statistics corrections, then ``fake-quantize``, in training mode."""
     get_backend(backend)
     example_inputs = _as_tuple(example_inputs)
     with paused_gc():
-        work = _eval_copy(model, "prepare")
+        work = _eval_copy(model, "prepare_qat" if training else "prepare", warn_training=not training)
         options = {"leaf_modules": tuple(leaf_modules), "leaf_module_types": tuple(leaf_module_types),
                    "concrete_args": concrete_args}
         captured = capture_model(work, example_inputs, capture, **options)
@@ -82,7 +94,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
                           original=model, precision_plan=plan)
         normalized = PassManager(list(PREPARE_PASSES[:1]), keep_snapshots=keep_snapshots).run(gm, ctx)
         ctx.recipe, why = choose_recipe(normalized.graph_module, recipe)
-        passes = [*PREPARE_PASSES[1:], *ctx.recipe.prepare_passes]
+        if training:
+            ctx.recipe = ctx.recipe.for_training()
+        passes = [*PREPARE_PASSES[1:], *ctx.recipe.prepare_passes, *(QAT_PREPARE_PASSES if training else ())]
         result = PassManager(passes, keep_snapshots=keep_snapshots).run(normalized.graph_module, ctx)
     prepared = result.graph_module
     prepared.meta[_BACKEND_KEY] = backend
@@ -91,7 +105,11 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
     prepared.meta[EXAMPLES_KEY] = keep_examples(example_inputs)  # what convert checks a faster runtime on
-    return _eval_mode(prepared)
+    prepared.meta[QAT_KEY] = training
+    if training:  # torch.export's module refuses train()/eval(); fxq's fake quantization needs them
+        for method in ("train", "eval"):
+            prepared.__dict__.pop(method, None)
+    return _set_mode(prepared, training)
 
 
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False,
@@ -121,13 +139,14 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
         as_converted(gm, inputs)  # before the passes, whose final recompile then installs its forward
         recipe = prepared.meta.get(RECIPE_KEY, {}).get("recipe")
         ctx = PassContext(backend=_lowering_backend(prepared, backend), recipe=recipe)
-        passes = [*(recipe.convert_passes if recipe is not None else ()), *CONVERT_PASSES]
+        passes = [*(QAT_CONVERT_PASSES if prepared.meta.get(QAT_KEY) else ()),
+                  *(recipe.convert_passes if recipe is not None else ()), *CONVERT_PASSES]
         result = PassManager(passes, keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
     if not isinstance(converted, ConvertedGraphModule):  # a pass returned a new module
         as_converted(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
-    install_runtime(_eval_mode(converted), runtime)
+    install_runtime(_set_mode(converted, False), runtime)
     return converted
 
 
@@ -212,10 +231,11 @@ def pass_records(gm: GraphModule) -> list[PassRecord]:
     return list(gm.meta.get(RECORDS_KEY, []))
 
 
-def _eval_mode(gm: GraphModule) -> GraphModule:
-    """``gm`` with every module in eval mode. Set directly: a module from ``torch.export`` refuses ``.eval()``."""
+def _set_mode(gm: GraphModule, training: bool) -> GraphModule:
+    """``gm`` with every module in training or eval mode. Set directly: a module from ``torch.export`` refuses
+    ``.train()``/``.eval()``."""
     for module in gm.modules():
-        module.training = False
+        module.training = training
     return gm
 
 
@@ -230,11 +250,11 @@ def _as_tuple(example_inputs) -> tuple:
     return example_inputs
 
 
-def _eval_copy(model: nn.Module, entry: str) -> nn.Module:
+def _eval_copy(model: nn.Module, entry: str, warn_training: bool = True) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{entry}() takes an nn.Module, got {type(model).__name__}")
     work = copy.deepcopy(model)
-    if model.training:
+    if model.training and warn_training:
         warnings.warn(f"{type(model).__name__} is in training mode; {entry}() quantizes an eval-mode copy "
                       "(batch norms use running statistics, dropout is off). Your model is unchanged. "
                       "Call model.eval() first to silence this, or use prepare_qat() to train.",

@@ -20,6 +20,8 @@ _BUILTIN_MODULES = {
     "bias-correction": "fxq.passes.bias_correction",
     "smooth": "fxq.passes.smooth",
     "mask-padding": "fxq.passes.mask_padding",
+    "fake-quantize": "fxq.passes.fake_quantize",
+    "qat-to-float": "fxq.passes.qat_to_float",
     "lower": "fxq.passes.lower",
     "cleanup": "fxq.passes.cleanup",
 }

@@ -10,7 +10,7 @@ explicit rule always wins, and the node's ``qconfig_rule`` names the recipe when
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch.fx import GraphModule
 
@@ -18,6 +18,7 @@ from fxq.annotation import info
 from fxq.errors import ConfigError
 
 RECIPE_KEY = "fxq_recipe"
+_CORRECTIONS = frozenset({"record-input-statistics", "bias-correction", "smooth"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class Recipe:
     def float_reason(self, concept: str | None) -> str | None:
         """Why this recipe keeps ``concept`` float, or None if it does not."""
         return dict(self.float_concepts).get(concept)
+
+    def for_training(self) -> Recipe:
+        """This recipe for quantization-aware training: the same float decisions and graph passes, without the
+        corrections estimated from calibration statistics (training learns what they estimate, so applied after
+        it they would correct twice)."""
+        return replace(self, prepare_passes=tuple(p for p in self.prepare_passes if p not in _CORRECTIONS),
+                       convert_passes=tuple(p for p in self.convert_passes if p not in _CORRECTIONS))
 
 
 _RESIDUAL = ("a transformer's residual stream carries a few outlier channels 10-100x the others; one int8 scale "

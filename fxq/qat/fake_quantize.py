@@ -1,0 +1,99 @@
+"""Fake quantization: the forward pass rounds to the int8 grid the converted model will use, the backward pass
+lets gradients through as if it had not (straight-through), so training learns weights that survive rounding.
+
+``FakeQuantize`` takes an activation observer's place in the prepared graph. It *is* an ``Observer`` (the one it
+wraps decides the range), so every pass and tool that reads observers, ``lower`` above all, reads it unchanged:
+the qparams ``convert`` gives a value are the ones training rounded it with. ``WeightFakeQuantize`` rounds a
+weight each step with ``fxq.quantize_tensor.quantize_weight``, the very function ``lower`` quantizes it with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxq.observers import Observer
+from fxq.quantize_tensor import quantize_weight
+
+_SETTINGS = ("dtype", "symmetric", "reduce_range", "eps", "quant_min", "quant_max", "custom_range", "node_name",
+             "per_channel", "ch_axis")
+
+
+class FakeQuantize(Observer):
+    """Observes like ``observer`` (in training mode, while ``observing``: evaluating the model never changes it)
+    and returns the input rounded to the range it implies (while ``fake_quantizing``); passes the input through
+    until the observer has seen data.
+
+    The qparams are refreshed on each observed batch and kept in buffers, so a frozen observer costs nothing
+    per step and the converted model uses exactly the last ones.
+    """
+
+    def __init__(self, observer: Observer) -> None:
+        nn.Module.__init__(self)
+        for name in _SETTINGS:
+            setattr(self, name, getattr(observer, name))
+        self.observer = observer
+        self.register_buffer("observing", torch.tensor(True))
+        self.register_buffer("fake_quantizing", torch.tensor(True))
+        self.register_buffer("scale", torch.ones(1))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and bool(self.observing):
+            self.observer(x, valid)
+            if self.observer.has_data:
+                scale, zero_point = self.observer.calculate_qparams()
+                self.scale, self.zero_point = scale.detach().clone(), zero_point.detach().clone()
+        if not bool(self.fake_quantizing) or not self.has_data:
+            return x
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point.int(), self.ch_axis,
+                                                          self.quant_min, self.quant_max)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale.float(), self.zero_point.int(), self.quant_min,
+                                                     self.quant_max)
+
+    @property
+    def has_data(self) -> bool:
+        return self.observer.has_data
+
+    def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.observer.observed_range()
+
+    def seen_range(self):
+        return self.observer.seen_range()
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The qparams training last rounded with (what ``lower`` gives the value)."""
+        self._require_data()
+        return self.scale.clone(), self.zero_point.clone()
+
+    def _merge(self, other: FakeQuantize) -> None:
+        self.observer.merge(other.observer)
+
+    def _settings(self) -> dict[str, Any]:
+        return {**self.observer._settings(), "observer": type(self.observer).__name__}
+
+    def extra_repr(self) -> str:
+        state = [name for name in ("observing", "fake_quantizing") if bool(getattr(self, name))]
+        return f"{', '.join(state) or 'frozen, off'}"
+
+
+class WeightFakeQuantize(nn.Module):
+    """Rounds a weight as ``lower`` will quantize it (the qconfig's weight observer on the current weight, per
+    tensor where the backend's kernel needs it), with straight-through gradients."""
+
+    def __init__(self, qconfig, support, node_name: str) -> None:
+        super().__init__()
+        self.qconfig, self.support, self.node_name = qconfig, support, node_name
+        self.register_buffer("fake_quantizing", torch.tensor(True))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fake_quantizing):
+            return weight
+        rounded = quantize_weight(self.qconfig, self.support, weight.detach(), self.node_name).qweight.dequantize()
+        return weight + (rounded - weight).detach()
+
+    def extra_repr(self) -> str:
+        return f"weight={self.qconfig.weight!r}, {'on' if bool(self.fake_quantizing) else 'off'}"

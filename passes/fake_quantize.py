@@ -1,0 +1,76 @@
+"""fake_quantize: make an observed graph trainable through int8 rounding (quantization-aware training).
+
+Runs last in ``fxq.prepare_qat``, after ``insert-observers`` placed observers exactly as for post-training
+quantization (one placement, decided by the same backend table). Every observer becomes a ``FakeQuantize``
+wrapping it, under the same name, so the node records still point at it; every conv/linear whose weight ``lower``
+will quantize rounds that weight in its forward: its layer becomes the ``fxq.qat.modules`` form (inside a fused
+module too), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
+``WeightFakeQuantize`` node. ``qat-to-float`` undoes the weight side at convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.fx import GraphModule
+
+from fxq.annotation import FLOAT_OUTPUT, info
+from fxq.backends import get_backend
+from fxq.graph_pass import GraphPass, PassContext
+from fxq.nn.fused import FusedModule
+from fxq.observers import Observer
+from fxq.pass_registry import register_pass
+from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
+from fxq.qat.modules import has_qat_form, to_qat
+from fxq.rewriter import Rewriter
+
+NAME = "fake-quantize"
+_OPS = ("call_module", "call_function", "call_method")
+
+
+@register_pass
+@dataclass(frozen=True)
+class FakeQuantizePass(GraphPass):
+    """Observers -> FakeQuantize; quantized conv/linear weights -> fake-quantized in the forward."""
+
+    name = NAME
+    requires = frozenset({"observed"})
+    provides = frozenset({"fake_quantized"})
+
+    def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
+        rw = Rewriter(gm, self.name)
+        for name, module in list(gm.named_modules()):
+            if isinstance(module, Observer) and not isinstance(module, FakeQuantize):
+                rw.set_module(name, FakeQuantize(module))
+        backend = get_backend(ctx.backend)
+        for node in list(gm.graph.nodes):
+            record = info(node)
+            support = backend.support(record.concept) if node.op in _OPS else None
+            int8 = "output" in record.observers or record.precision == FLOAT_OUTPUT  # as ``lower`` decides
+            if support is None or not support.weighted or not int8 or record.qconfig.weight is None:
+                continue
+            weight_fake_quant = WeightFakeQuantize(record.qconfig, support, node.name)
+            if node.op == "call_module":
+                self._train_module(rw, node.target, weight_fake_quant)
+            else:
+                self._train_call(rw, node, support.weight_arg, weight_fake_quant)
+        return gm
+
+    @staticmethod
+    def _train_module(rw: Rewriter, target: str, weight_fake_quant: WeightFakeQuantize) -> None:
+        module = rw.modules[target]
+        path = f"{target}.0" if isinstance(module, FusedModule) else target
+        layer = module[0] if isinstance(module, FusedModule) else module
+        if has_qat_form(layer):
+            rw.set_module(path, to_qat(layer, weight_fake_quant))
+
+    @staticmethod
+    def _train_call(rw: Rewriter, node, weight_arg: int | None, weight_fake_quant: WeightFakeQuantize) -> None:
+        weight = node.args[weight_arg] if weight_arg is not None and len(node.args) > weight_arg else None
+        if weight is None or getattr(weight, "op", None) != "get_attr":
+            return
+        name = rw.unique_name(f"{node.name}_weight_fake_quant")
+        rw.set_module(name, weight_fake_quant)
+        rounded = rw.insert("call_module", name, (weight,), before=node, like=node)
+        info(rounded).lowered_to = None
+        node.replace_input_with(weight, rounded)

@@ -1,0 +1,135 @@
+"""fxq.prepare_qat end to end: a trainable copy (the user's model untouched, before and after training), which
+pickles and deep-copies, whose switches work, and which converts to the same kernels as PTQ, computing what the
+fake-quantized model computed."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import fxq
+from fxq.metrics import sqnr_db
+from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
+from fxq.qat import FakeQuantize, WeightFakeQuantize, enable_fake_quant, freeze_bn_stats, freeze_observers
+from fxq.statistics import ChannelStatistics
+from tests.models import calibration_batches, example_inputs, make_model
+
+
+def _trained(name="resnet", steps=4, **options):
+    model = make_model(name)
+    prepared = fxq.prepare_qat(model, None, example_inputs(name), **options)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
+    for batch in calibration_batches(name, n=steps):
+        optimizer.zero_grad()
+        prepared(*batch).square().mean().backward()
+        optimizer.step()
+    return model, prepared
+
+
+def test_the_users_model_is_unchanged_by_prepare_and_by_training_the_copy():
+    model = make_model("resnet")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    prepared = fxq.prepare_qat(model, None, example_inputs("resnet"))
+    assert not {id(p) for p in prepared.parameters()} & {id(p) for p in model.parameters()}
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=0.1)
+    for batch in calibration_batches("resnet", n=3):
+        optimizer.zero_grad()
+        prepared(*batch).square().mean().backward()
+        optimizer.step()
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert model.training == make_model("resnet").training
+
+
+def test_the_prepared_model_trains_pickles_and_deep_copies():
+    _, prepared = _trained()
+    assert prepared.training
+    x = calibration_batches("resnet", n=1, seed=9)[0]
+    prepared.eval()
+    with torch.no_grad():
+        expected = prepared(*x)
+        for clone in (copy.deepcopy(prepared), pickle.loads(pickle.dumps(prepared))):
+            clone.eval()
+            assert torch.equal(clone(*x), expected)
+
+
+def test_convert_gives_ptq_kernels_computing_what_the_fake_quantized_model_computed():
+    _, prepared = _trained()
+    prepared.eval()
+    converted = fxq.convert(prepared)
+    kinds = {type(m) for m in converted.modules()}
+    assert QuantizedConv in kinds and (QuantizedLinear in kinds or QuantizedLinearFloatOutput in kinds)
+    assert not any(isinstance(m, (FakeQuantize, WeightFakeQuantize)) for m in converted.modules())
+    x = calibration_batches("resnet", n=1, seed=9)[0]
+    with torch.no_grad():
+        assert sqnr_db(prepared(*x), converted(*x)) >= 35
+
+
+def test_weights_get_straight_through_gradients():
+    model = make_model("mlp")
+    prepared = fxq.prepare_qat(model, None, example_inputs("mlp"))
+    prepared(*calibration_batches("mlp", n=1)[0]).sum().backward()
+    grads = [p.grad for name, p in prepared.named_parameters() if name.endswith("weight")]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_frozen_observers_keep_their_range_and_fake_quant_can_be_switched_off():
+    model = make_model("mlp")
+    prepared = fxq.prepare_qat(model, None, example_inputs("mlp"))
+    x = calibration_batches("mlp", n=1)[0]
+    prepared(*x)
+    freeze_observers(prepared)
+    scales = {name: m.scale.clone() for name, m in prepared.named_modules() if isinstance(m, FakeQuantize)}
+    prepared(*(t * 10 for t in x))
+    assert all(torch.equal(m.scale, scales[name]) for name, m in prepared.named_modules()
+               if isinstance(m, FakeQuantize))
+    enable_fake_quant(prepared, False)
+    prepared.eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(prepared(*x), model(*x), atol=1e-5)  # no rounding: the float model
+
+
+def test_bit_widths_below_8_come_from_the_qconfig_range():
+    from fxq.observers import MovingAverageMinMaxObserver, PerChannelMinMaxObserver
+
+    four_bit = fxq.QConfig(MovingAverageMinMaxObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=15),
+                           PerChannelMinMaxObserver.with_args(dtype=torch.qint8, symmetric=True, quant_min=-8,
+                                                              quant_max=7))
+    prepared = fxq.prepare_qat(make_model("mlp"), fxq.QConfigMapping().set_global(four_bit), example_inputs("mlp"))
+    x = calibration_batches("mlp", n=1)[0]
+    prepared(*x)
+    layer = prepared.fc1[0]  # fused with its ReLU
+    rounded = layer.weight_fake_quant(layer.weight)
+    assert max(len(row.unique()) for row in rounded) <= 16
+    fake = next(m for m in prepared.modules() if isinstance(m, FakeQuantize))
+    assert len(fake(x[0]).unique()) <= 16
+
+
+def test_batch_norm_statistics_freeze_and_calibration_corrections_are_not_trained_over():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4))
+    prepared = fxq.prepare_qat(model, None, (torch.randn(2, 3, 8, 8),))
+    assert not any(isinstance(m, ChannelStatistics) for m in prepared.modules())  # no bias correction after QAT
+    assert prepared.meta["fxq_recipe"]["recipe"].convert_passes == ()
+    freeze_bn_stats(prepared)
+    assert all(not m.training for m in prepared.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def test_an_exported_graph_trains_its_linear_calls_too():
+    model = make_model("mlp")
+    prepared = fxq.prepare_qat(model, None, example_inputs("mlp"), capture="export")
+    assert sum(isinstance(m, WeightFakeQuantize) for m in prepared.modules()) == 3
+    prepared(*calibration_batches("mlp", n=1)[0])
+    prepared.eval()
+    converted = fxq.convert(prepared)
+    assert not any(isinstance(m, WeightFakeQuantize) for m in converted.modules())
+    x = calibration_batches("mlp", n=1, seed=4)[0]
+    with torch.no_grad():
+        assert sqnr_db(prepared(*x), converted(*x)) >= 35
+
+
+@pytest.mark.parametrize("bad", [None, "model"])
+def test_prepare_qat_refuses_what_is_not_a_module(bad):
+    with pytest.raises(fxq.ConfigError, match="takes an nn.Module"):
+        fxq.prepare_qat(bad, None, (torch.randn(1, 4),))
