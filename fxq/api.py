@@ -91,7 +91,7 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
         add_properties(gm, frozenset({"traced"}))
         plan = precision if precision is None or isinstance(precision, PrecisionPlan) else PrecisionPlan(precision)
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
-                          original=model, precision_plan=plan)
+                          original=model, precision_plan=plan, training=training)
         normalized = PassManager(list(PREPARE_PASSES[:1]), keep_snapshots=keep_snapshots).run(gm, ctx)
         ctx.recipe, why = choose_recipe(normalized.graph_module, recipe)
         if training:

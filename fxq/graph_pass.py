@@ -27,6 +27,8 @@ class PassContext:
         original: the user's model (read only: passes never touch it), for module-name validation.
         recipe: the ``fxq.recipes.Recipe`` prepare chose (None: none), for passes that follow its adjustments.
         precision_plan: the ``fxq.precision.PrecisionPlan`` given to prepare (None: none), for assign-precision.
+        training: the graph is prepared for quantization-aware training (``fxq.prepare_qat``): passes keep what
+            training changes (``fuse`` keeps batch norms after convs as norms, in one unit with the conv).
         notes: human-readable lines the entry point reports (what stayed float and why, ...).
         options: free-form extra options for third-party passes.
     """
@@ -37,6 +39,7 @@ class PassContext:
     original: nn.Module | None = None
     recipe: Any = None
     precision_plan: Any = None
+    training: bool = False
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 

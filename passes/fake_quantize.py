@@ -4,8 +4,9 @@ Runs last in ``fxq.prepare_qat``, after ``insert-observers`` placed observers ex
 quantization (one placement, decided by the same backend table). Every observer becomes a ``FakeQuantize``
 wrapping it, under the same name, so the node records still point at it; every conv/linear whose weight ``lower``
 will quantize rounds that weight in its forward: its layer becomes the ``fxq.qat.modules`` form (inside a fused
-module too), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
-``WeightFakeQuantize`` node. ``qat-to-float`` undoes the weight side at convert.
+module too; a conv kept with its batch norm trains through the folded weight's rounding, ``QATConvBn``), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
+``WeightFakeQuantize`` node. ``qat-to-float`` undoes the weight side at convert. An average pool's output rounds
+with its input's qparams unless it is far narrower, the choice ``lower`` makes (``FakeQuantize.share_unless_narrower``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 from torch.fx import GraphModule
 
 from fxq.annotation import FLOAT_OUTPUT, info
-from fxq.backends import get_backend
+from fxq.backends import Observation, get_backend
 from fxq.graph_pass import GraphPass, PassContext
-from fxq.nn.fused import FusedModule
+from fxq.nn.fused import CONV_BN, FusedModule
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
 from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
@@ -46,6 +47,8 @@ class FakeQuantizePass(GraphPass):
         for node in list(gm.graph.nodes):
             record = info(node)
             support = backend.support(record.concept) if node.op in _OPS else None
+            if support is not None and support.observation is Observation.NARROWING and "input0" in record.observers:
+                rw.modules[record.observers["output"]].share_unless_narrower(rw.modules[record.observers["input0"]])
             int8 = "output" in record.observers or record.precision == FLOAT_OUTPUT  # as ``lower`` decides
             if support is None or not support.weighted or not int8 or record.qconfig.weight is None:
                 continue
@@ -59,8 +62,9 @@ class FakeQuantizePass(GraphPass):
     @staticmethod
     def _train_module(rw: Rewriter, target: str, weight_fake_quant: WeightFakeQuantize) -> None:
         module = rw.modules[target]
-        path = f"{target}.0" if isinstance(module, FusedModule) else target
-        layer = module[0] if isinstance(module, FusedModule) else module
+        inside = isinstance(module, FusedModule) and not isinstance(module, CONV_BN)  # a conv+bn trains whole
+        path = f"{target}.0" if inside else target
+        layer = module[0] if inside else module
         if has_qat_form(layer):
             rw.set_module(path, to_qat(layer, weight_fake_quant))
 

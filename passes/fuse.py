@@ -4,7 +4,9 @@ Needs a normalized graph (concepts named, no in-place ops) from a model in eval 
 (a linear's batch norm folds only where the value is 2-d, known by running them). Afterwards batch norms that
 follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
 merged with it into one fused module (``fxq.nn.fused``), called at the first member's path; ``relu(a + b)``
-and ``relu(a * b)`` become one ``fxq.nn.functional`` call. Functional forms are left alone, with the reason
+and ``relu(a * b)`` become one ``fxq.nn.functional`` call. For quantization-aware training (``ctx.training``)
+a conv's batch norm is not folded but kept with it (and its ReLU) in one ``ConvBn``/``ConvBnReLU`` unit, so
+training can update its statistics; ``fxq.qat`` simulates the folding, ``qat-to-float`` does it at convert. Functional forms are left alone, with the reason
 recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
 fuses with its own neighbours.)
 """
@@ -20,7 +22,7 @@ from fxq.annotation import info
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fold import fold_batch_norm
 from fxq.nn.functional import add_relu, mul_relu
-from fxq.nn.fused import fused_with_relu
+from fxq.nn.fused import conv_bn_unit, fused_with_relu
 from fxq.pass_registry import register_pass
 from fxq.pattern import Pattern
 from fxq.rewriter import Declined, Rewriter, Rule
@@ -35,21 +37,42 @@ def conv_bn_relu(rw: Rewriter, op: Node, bn: Node, relu: Node) -> Node | Decline
 
 def conv_bn(rw: Rewriter, op: Node, bn: Node) -> Node | Declined:
     """Replace the conv (or linear) with a copy whose weights include the batch norm."""
-    problem = _not_fusable(rw, op, bn)
+    problem = _conv_bn_problem(rw, op, bn)
     if problem:
         return Declined(problem)
-    layer, norm = rw.modules[op.target], rw.modules[bn.target]
-    if isinstance(layer, nn.Linear) and _rank(op) != 2:
-        return Declined(f"{op.name}'s output has rank {_rank(op)}: a linear's features are its last dimension, and "
-                        f"{bn.name} normalises dimension 1, so folding would scale the wrong values")
-    if norm.num_features != layer.weight.shape[0]:
-        return Declined(f"{bn.name} normalises {norm.num_features} features but {op.name} has "
-                        f"{layer.weight.shape[0]} outputs")
-    if norm.running_mean is None:
-        return Declined(f"{bn.name} has no running statistics to fold (track_running_stats=False)")
-    rw.set_module(op.target, fold_batch_norm(layer, norm))
+    rw.set_module(op.target, fold_batch_norm(rw.modules[op.target], rw.modules[bn.target]))
     _merge(rw, op, bn)
     return op
+
+
+def conv_bn_kept(rw: Rewriter, op: Node, bn: Node, relu: Node | None = None) -> Node | Declined:
+    """For training: the conv, its batch norm (and ReLU) as one unit, the norm still a norm (``fxq.qat`` trains
+    it with its statistics updating; ``qat-to-float`` folds it at convert)."""
+    problem = _conv_bn_problem(rw, op, bn) or (relu is not None and _not_fusable(rw, relu, None))
+    if problem:
+        return Declined(problem)
+    relu_module = rw.modules[relu.target] if relu is not None else None
+    rw.set_module(op.target, conv_bn_unit(rw.modules[op.target], rw.modules[bn.target], relu_module))
+    for member in (bn, relu):
+        if member is not None:
+            _merge(rw, op, member)
+    return op
+
+
+def _conv_bn_problem(rw: Rewriter, op: Node, bn: Node) -> str | None:
+    """Why the batch norm cannot be folded into the conv (or linear) before it, or None."""
+    problem = _not_fusable(rw, op, bn)
+    if problem:
+        return problem
+    layer, norm = rw.modules[op.target], rw.modules[bn.target]
+    if isinstance(layer, nn.Linear) and _rank(op) != 2:
+        return (f"{op.name}'s output has rank {_rank(op)}: a linear's features are its last dimension, and "
+                f"{bn.name} normalises dimension 1, so folding would scale the wrong values")
+    if norm.num_features != layer.weight.shape[0]:
+        return f"{bn.name} normalises {norm.num_features} features but {op.name} has {layer.weight.shape[0]} outputs"
+    if norm.running_mean is None:
+        return f"{bn.name} has no running statistics to fold (track_running_stats=False)"
+    return None
 
 
 def op_relu(rw: Rewriter, op: Node, relu: Node) -> Node | Declined:
@@ -123,11 +146,19 @@ FUSED_ELEMENTWISE = {"add": add_relu, "mul": mul_relu}
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NAMES = ("op", "bn", "relu")
 
-RULES = [
+_FOLD_CONV_BN = [
     # conv -> batch norm -> relu: fold the norm, fuse the relu
     *[Rule(Pattern.chain(conv, "batch_norm", "relu", names=_NAMES), conv_bn_relu, "conv+bn+relu") for conv in _CONVS],
     # conv -> batch norm: fold the norm into the conv's weights
     *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), conv_bn, "conv+bn") for conv in _CONVS],
+]
+# for quantization-aware training: conv + batch norm (+ relu) kept as one unit, the norm still a norm
+_KEEP_CONV_BN = [
+    *[Rule(Pattern.chain(conv, "batch_norm", "relu", names=_NAMES), conv_bn_kept, "conv+bn+relu, training")
+      for conv in _CONVS],
+    *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), conv_bn_kept, "conv+bn, training") for conv in _CONVS],
+]
+_THE_REST = [
     # linear -> batch norm 1d: fold the norm into the linear's weights
     Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), conv_bn, "linear+bn1d"),
     # conv/linear -> relu: one fused module so one kernel runs both
@@ -138,6 +169,8 @@ RULES = [
     # batch norm -> relu (no conv before it): fused too
     Rule(Pattern.chain("batch_norm", "relu", names=("op", "relu")), op_relu, "bn+relu"),
 ]
+RULES = [*_FOLD_CONV_BN, *_THE_REST]
+TRAINING_RULES = [*_KEEP_CONV_BN, *_THE_REST]
 
 
 @register_pass
@@ -153,5 +186,5 @@ class Fuse(GraphPass):
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         if ctx.example_inputs and _linear_feeds_batch_norm(gm):  # ranks decide whether it folds (conv_bn)
             propagate(gm, ctx.example_inputs)
-        Rewriter(gm, self.name).apply(RULES)
+        Rewriter(gm, self.name).apply(TRAINING_RULES if ctx.training else RULES)
         return gm

@@ -20,6 +20,7 @@ from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import Observation, get_backend
+from fxq.backends.table import NARROWER
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized.engine import using_engine
@@ -99,12 +100,6 @@ def _quantize_dequantize(rw: Rewriter, call: Node, computed: dict[str, tuple]) -
     rw.gm.graph.erase_node(call)
     producer = info(value)
     producer.qparams.setdefault("output", qparams)
-
-
-# Sharing the input's scale costs log2(input's scale / own scale) bits of the output's 8; beyond 3 bits (a global
-# pool of zero-centred values: 25-50x narrower, 7-11 dB shared) the op gets its own qparams and runs in float
-# between a dequantize and a quantize. Post-ReLU features pooled in ResNet-style nets are 1.1-6x narrower: int8.
-NARROWER = 8.0
 
 
 def _share_unless_narrower(rw: Rewriter, backend, computed: dict[str, tuple]) -> None:

@@ -27,6 +27,14 @@ class Observation(enum.Enum):
     NARROWING = "shares its input's qparams unless its observed output is far narrower"
 
 
+# A narrowing op (an average pool) shares its input's qparams unless calibration shows its output more than this
+# many times narrower. Sharing costs log2(input's scale / own scale) bits of the output's 8; beyond 3 bits (a global
+# pool of zero-centred values: 25-50x narrower, 7-11 dB shared) the op gets its own qparams and runs in float
+# between a dequantize and a quantize. Post-ReLU features pooled in ResNet-style nets are 1.1-6x narrower: int8.
+# ``lower`` decides with it; ``fxq.qat.FakeQuantize`` rounds by it, so training rounds as convert will.
+NARROWER = 8.0
+
+
 @dataclass(frozen=True)
 class OpSupport:
     """How a backend runs one concept quantized.

@@ -57,6 +57,53 @@ class BNReLU3d(FusedModule):
     fxq_concept = "batch_norm_relu"
 
 
+class ConvBn1d(FusedModule):
+    """Conv1d followed by BatchNorm1d, kept apart for quantization-aware training (folded at convert)."""
+
+    fxq_concept = "conv1d"
+
+
+class ConvBn2d(FusedModule):
+    """Conv2d followed by BatchNorm2d, kept apart for quantization-aware training (folded at convert)."""
+
+    fxq_concept = "conv2d"
+
+
+class ConvBn3d(FusedModule):
+    """Conv3d followed by BatchNorm3d, kept apart for quantization-aware training (folded at convert)."""
+
+    fxq_concept = "conv3d"
+
+
+class ConvBnReLU1d(FusedModule):
+    """Conv1d, BatchNorm1d, ReLU, for quantization-aware training."""
+
+    fxq_concept = "conv1d_relu"
+
+
+class ConvBnReLU2d(FusedModule):
+    """Conv2d, BatchNorm2d, ReLU, for quantization-aware training."""
+
+    fxq_concept = "conv2d_relu"
+
+
+class ConvBnReLU3d(FusedModule):
+    """Conv3d, BatchNorm3d, ReLU, for quantization-aware training."""
+
+    fxq_concept = "conv3d_relu"
+
+
+CONV_BN = (ConvBn1d, ConvBn2d, ConvBn3d, ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)
+
+
+def conv_bn_unit(conv: nn.Module, bn: nn.Module, relu: nn.Module | None = None) -> FusedModule:
+    """The fused conv + batch norm (+ ReLU) unit for ``conv``'s dimensionality."""
+    dims = (nn.Conv1d, nn.Conv2d, nn.Conv3d).index(type(conv))
+    if relu is None:
+        return (ConvBn1d, ConvBn2d, ConvBn3d)[dims](conv, bn)
+    return (ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)[dims](conv, bn, relu)
+
+
 def fused_with_relu(module: nn.Module) -> type[FusedModule] | None:
     """The fused class for ``module`` followed by a ReLU, or None if that pair has no fused form."""
     return _WITH_RELU.get(type(module))

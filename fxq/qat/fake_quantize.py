@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxq.backends.table import NARROWER
 from fxq.observers import Observer
 from fxq.quantize_tensor import quantize_weight
 
@@ -51,8 +52,23 @@ class FakeQuantize(Observer):
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point.int(), self.ch_axis,
                                                           self.quant_min, self.quant_max)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale.float(), self.zero_point.int(), self.quant_min,
+        scale, zero_point = self.rounding_qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale.float(), zero_point.int(), self.quant_min,
                                                      self.quant_max)
+
+    def share_unless_narrower(self, source: FakeQuantize) -> None:
+        """Round like ``source`` (the input's) unless this output is more than NARROWER times narrower: what
+        ``lower`` decides for a narrowing op (an average pool) observed both ways. Kept as a plain reference,
+        not a submodule: ``source`` belongs to the graph already."""
+        self.__dict__["_source"] = source
+
+    def rounding_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The qparams this value is rounded with: its own, or its source's under ``share_unless_narrower``."""
+        source = self.__dict__.get("_source")
+        if source is None or not source.has_data:
+            return self.scale, self.zero_point
+        shared = source.rounding_qparams()
+        return shared if float(shared[0]) / float(self.scale) <= NARROWER else (self.scale, self.zero_point)
 
     @property
     def has_data(self) -> bool:

@@ -4,13 +4,21 @@ Each is its float layer's subclass with a ``weight_fake_quant`` applied to the w
 other reader (the concept table via ``fxq_concept``, ``state_dict``, optimizers) sees the layer it was. They are
 plain classes (not parametrizations, not hooks) so a prepared model pickles and deep-copies. ``to_float`` turns
 one back into its float layer, holding the trained parameters, for ``convert``.
+
+``QATConvBn`` trains a conv with its batch norm: the converted model folds the norm's running statistics into
+the conv's weight and rounds *that*, so training rounds the same folded weight, then undoes the fold's scale
+on the conv's output and lets the batch norm normalise it with the batch's statistics (and update its running
+ones). With the norm in eval mode (``freeze_bn_stats``) this computes exactly the folded conv.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxq.nn.fold import fold_batch_norm
+from fxq.nn.fused import CONV_BN, ConvReLU1d, ConvReLU2d, ConvReLU3d, FusedModule
 from fxq.qat.fake_quantize import WeightFakeQuantize
 
 
@@ -42,31 +50,70 @@ class QATConv3d(nn.Conv3d):
         return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
 
 
+class QATConvBn(nn.Module):
+    """A ``ConvBn``/``ConvBnReLU`` unit in training (see the module docstring)."""
+
+    _fxq_leaf = True
+
+    def __init__(self, unit: FusedModule, weight_fake_quant: WeightFakeQuantize) -> None:
+        super().__init__()
+        self.conv, self.bn = unit[0], unit[1]
+        self.relu = unit[2] if len(unit) > 2 else None
+        self.weight_fake_quant = weight_fake_quant
+        self.fxq_concept = unit.fxq_concept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = self._fold_factor()
+        weight = self.weight_fake_quant(self.conv.weight * factor.reshape([-1] + [1] * (self.conv.weight.dim() - 1)))
+        channel = [1, -1] + [1] * (x.dim() - 2)
+        y = self.conv._conv_forward(x, weight, None) / factor.reshape(channel)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias.reshape(channel)
+        y = self.bn(y)
+        return self.relu(y) if self.relu is not None else y
+
+    def _fold_factor(self) -> torch.Tensor:
+        """gamma / running std, as ``fold_batch_norm`` computes it (so the weights rounded are the same)."""
+        inv_std = torch.rsqrt(self.bn.running_var + self.bn.eps)
+        return self.bn.weight * inv_std if self.bn.affine else inv_std
+
+    def folded(self) -> nn.Module:
+        """The conv with the norm's running statistics folded in (and its ReLU): what ``convert`` lowers."""
+        conv = fold_batch_norm(self.conv, self.bn)
+        if self.relu is None:
+            return conv
+        return {nn.Conv1d: ConvReLU1d, nn.Conv2d: ConvReLU2d, nn.Conv3d: ConvReLU3d}[type(conv)](conv, self.relu)
+
+
 _QAT = {nn.Linear: QATLinear, nn.Conv1d: QATConv1d, nn.Conv2d: QATConv2d, nn.Conv3d: QATConv3d}
 _FLOAT = {qat: float_type for float_type, qat in _QAT.items()}
 
 
 def has_qat_form(module: nn.Module) -> bool:
-    return type(module) in _QAT
+    return type(module) in _QAT or isinstance(module, CONV_BN)
 
 
 def to_qat(layer: nn.Module, weight_fake_quant: WeightFakeQuantize) -> nn.Module:
     """``layer``'s QAT form, sharing its parameters and buffers (``layer`` is the prepared copy's, never the
     user's)."""
+    if isinstance(layer, CONV_BN):
+        return QATConvBn(layer, weight_fake_quant)
     qat = _retyped(layer, _QAT[type(layer)])
     qat.weight_fake_quant = weight_fake_quant
     return qat
 
 
 def to_float(layer: nn.Module) -> nn.Module:
-    """The float layer a QAT layer trains, with its current parameters."""
+    """The float layer a QAT layer trains, with its current parameters (a conv's batch norm folded in)."""
+    if isinstance(layer, QATConvBn):
+        return layer.folded()
     plain = _retyped(layer, _FLOAT[type(layer)])
     del plain._modules["weight_fake_quant"]
     return plain
 
 
 def is_qat(module: nn.Module) -> bool:
-    return type(module) in _FLOAT
+    return type(module) in _FLOAT or isinstance(module, QATConvBn)
 
 
 def _retyped(layer: nn.Module, cls: type) -> nn.Module:

@@ -132,3 +132,13 @@ def test_training_mode_modules_are_not_fused():
     model = ConvBnRelu()
     gm = run(traced(model).train(), "normalize", "fuse")
     assert not any(isinstance(m, fused.FusedModule) for m in gm.modules())
+
+
+def test_for_training_a_convs_batch_norm_is_kept_with_it_not_folded():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    gm = run(traced(model), "normalize", "fuse", ctx=PassContext(training=True))
+    kinds = [kind for op, _, kind in op_nodes(gm) if op == "call_module"]
+    assert kinds == [fused.ConvBnReLU2d, fused.ConvBn2d]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model.eval()(x), atol=1e-6)

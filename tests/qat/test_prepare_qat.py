@@ -133,3 +133,38 @@ def test_an_exported_graph_trains_its_linear_calls_too():
 def test_prepare_qat_refuses_what_is_not_a_module(bad):
     with pytest.raises(fxq.ConfigError, match="takes an nn.Module"):
         fxq.prepare_qat(bad, None, (torch.randn(1, 4),))
+
+
+def _conv_bn_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_batch_norms_train_with_their_conv_and_fold_at_convert():
+    model = _conv_bn_model()
+    x = torch.randn(8, 3, 10, 10)
+    prepared = fxq.prepare_qat(model, None, (x,))
+    unit = prepared.get_submodule("0")
+    assert type(unit).__name__ == "QATConvBn" and isinstance(unit.bn, nn.BatchNorm2d)
+    before = unit.bn.running_mean.clone()
+    prepared(x * 2 + 1)  # training mode: batch statistics, running ones updated
+    assert not torch.equal(unit.bn.running_mean, before)
+    freeze_bn_stats(prepared)
+    frozen = unit.bn.running_mean.clone()
+    prepared(x)
+    assert torch.equal(unit.bn.running_mean, frozen)
+    prepared.eval()
+    with torch.no_grad():  # in eval mode the unit is exactly the folded conv on the rounded folded weight
+        folded = unit.folded()
+        conv = folded[0]
+        rounded = unit.weight_fake_quant(conv.weight)
+        expected = torch.relu(torch.nn.functional.conv2d(x, rounded, conv.bias))
+        assert torch.allclose(unit(x), expected, atol=1e-5)
+        converted = fxq.convert(prepared)
+        assert sqnr_db(prepared(x), converted(x)) >= 35
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
