@@ -6,8 +6,10 @@ its output: its own (``qconfig.activation``) or the input's (ops such as maxpool
 for average pools both, for ``lower`` to choose from. An op whose kernel can return float (the backend table's
 ``float_output``) gets no output observer when no op reads its output as int8 (only float ops, or the model's
 output): it is marked ``FLOAT_OUTPUT`` instead.
-Shared ops whose input is float stay float. Each tensor has at most one observer however many users it has;
-integer/bool tensors and non-tensors are never observed. Ops left float say why on their annotation.
+Shared ops whose input is float stay float. Each tensor has one observer however many users it has, except
+that a reader whose activations have fewer levels than that observer's (an int8 layer after an int16 one) reads
+it through one of its own, after that one, shared by the readers with the same levels; integer/bool tensors and
+non-tensors are never observed. Ops left float say why on their annotation.
 """
 
 from __future__ import annotations
@@ -142,10 +144,10 @@ class _Placement:
         else:
             leave_float(node, "its output is not a float tensor")
 
-    def _add_observer(self, node: Node, observer: nn.Module) -> str:
+    def _add_observer(self, node: Node, observer: nn.Module, stem: str | None = None) -> str:
         if not isinstance(observer, Observer):
             raise TypeError(f"qconfig of {node.name} made a {type(observer).__name__}, not an fxq Observer")
-        name = self.rw.unique_name(f"obs_{node.name}")
+        name = self.rw.unique_name(stem or f"obs_{node.name}")
         observer.node_name = node.name
         self.gm.add_submodule(name, observer)
         self.rw.modules[name] = observer
@@ -159,17 +161,50 @@ class _Placement:
         info(node).observers["output"] = observer
 
     def _observe_input(self, consumer: Node, index: int, value: Node) -> None:
-        if value in self.quantized:
-            info(consumer).observers[f"input{index}"] = self.quantized[value]
-            return
-        existing = next((u for u in value.users if u in self.quantized), None)
+        """The consumer reads the value's observer, or one it adds; or, where the value's observer keeps more
+        levels than the consumer's activations have (``_narrower``), one of its own read after that one."""
+        own = info(consumer).qconfig.activation()
+        existing = value if value in self.quantized else next((u for u in value.users if u in self.quantized), None)
         if existing is None:
-            observer = self._add_observer(value, info(consumer).qconfig.activation())
-            existing = self.rw.insert("call_module", observer, (value,), after=value, like=consumer)
-            existing.meta[VALUE_KEY] = value.meta.get(VALUE_KEY)
-            self.quantized[existing] = observer
-        consumer.replace_input_with(value, existing)
+            existing = self._insert_input_observer(consumer, value, self._add_observer(value, own))
+        elif _narrower(own, self.rw.modules[self.quantized[existing]]):
+            source = existing
+            existing = next((u for u in source.users if u in self.quantized
+                             and _same_levels(own, self.rw.modules[self.quantized[u]])), None)
+            if existing is None:  # named for the reader: the value has an observer already
+                observer = self._add_observer(source.args[0], own, stem=f"obs_{consumer.name}_input{index}")
+                existing = self._insert_input_observer(consumer, source, observer)
+        if existing is not value:
+            consumer.replace_input_with(value, existing)
         info(consumer).observers[f"input{index}"] = self.quantized[existing]
+
+    def _insert_input_observer(self, consumer: Node, value: Node, observer: str) -> Node:
+        call = self.rw.insert("call_module", observer, (value,), after=value, like=consumer)
+        call.meta[VALUE_KEY] = value.meta.get(VALUE_KEY)
+        self.quantized[call] = observer
+        return call
+
+
+def _levels(observer) -> tuple:
+    return (observer.dtype, getattr(observer, "quant_min", None), getattr(observer, "quant_max", None),
+            getattr(observer, "symmetric", None))
+
+
+def _same_levels(own, existing) -> bool:
+    """Whether two activation observers quantize to the same levels: dtype, range and scheme."""
+    return _levels(own) == _levels(existing)
+
+
+def _narrower(own, existing) -> bool:
+    """Whether a consumer whose activation observer is ``own`` must not read a value through ``existing``: its
+    levels differ and it has fewer of them (an int8 layer after an int16 one), so reading the value as
+    ``existing`` quantized it would simulate the consumer's input at a precision it does not have. The other way
+    (an int16 layer after an int8 one) the value already has the coarser levels, and stays as it is; so do
+    observers with as many levels (8-bit with other dtypes or schemes)."""
+    if _same_levels(own, existing):
+        return False
+    count = [getattr(o, "quant_max", 0) - getattr(o, "quant_min", 0) + 1 for o in (own, existing)]
+    return count[0] < count[1]
 
 
 # A literal this large in forward is a mask fill (-10000.0 in BERT's original code and many since): an int8 range

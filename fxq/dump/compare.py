@@ -110,9 +110,28 @@ def _quantized_readers(quantized: GraphModule) -> dict[str, str]:
         record = info(node)
         if record.origin is None or record.lowered_to in ("quantize", "dequantize", "layout"):
             continue
-        after = next((user for user in node.users if info(user).lowered_to == "quantize"), None)
-        readers[record.origin] = (after or node).name
+        after = next((user for user in node.users if _is_quantize(user)), None)
+        readers[record.origin] = (_last_quantize(after) if after is not None else node).name
     return readers
+
+
+def _is_quantize(node: Node) -> bool:
+    return info(node).lowered_to == "quantize"
+
+
+def _last_quantize(node: Node) -> Node:
+    """The end of a chain of quantize steps each read only by the next: an int16 activation's clamp to its 16-bit
+    levels is marked "quantize" too, and stands for nothing until the ``quantize_per_tensor`` after it rounds."""
+    while len(node.users) == 1 and _is_quantize(next(iter(node.users))):
+        node = next(iter(node.users))
+    return node
+
+
+def _op_of(node: Node, origin: str) -> Node:
+    """The op a reader stands for: itself, or the op before its chain of quantize steps."""
+    while info(node).origin != origin and _is_quantize(node) and node.args and isinstance(node.args[0], Node):
+        node = node.args[0]
+    return node
 
 
 def _values(gm: GraphModule, batch: tuple, keep: dict[str, str] | None) -> dict[str, torch.Tensor]:
@@ -181,7 +200,7 @@ def _rank(floating: GraphModule, quantized: GraphModule, readers: dict[str, str]
     layers = []
     for origin, stat in stats.items():
         node = by_name[readers[origin]]
-        op = node if info(node).origin == origin else node.args[0]  # the quantize after an op stands for it
+        op = _op_of(node, origin)  # the quantize after an op stands for it
         record = info(op)
         own = max(stat.ratio - inherited.get(origin, 0.0), 0.0)
         layers.append(LayerError(

@@ -1,6 +1,8 @@
 """assign-precision: a per-layer precision plan picks each planned layer's kernel, the dump says the plan chose
 it, the same plan written as QConfigMapping rules gives the same model, and plans that cannot run are refused."""
 
+import math
+
 import pytest
 import torch
 
@@ -150,6 +152,8 @@ def _quantized_output(gm, path):
     while len(node.users) == 1 and info(next(iter(node.users))).lowered_to in ("quantize", "dequantize"):
         node = next(iter(node.users))
         chain.append(node)
+        if info(node).lowered_to == "dequantize":  # an int8 reader's own quantize may follow: not this value's
+            break
     return chain
 
 
@@ -208,3 +212,108 @@ def test_int16_on_a_native_backend_is_refused_with_the_fix(backend):
         _quantized(plan={"fc2": "int16"}, backend=backend)
     with pytest.raises(fxq.ConfigError, match=r"module 'fc2'.*" + fix):
         PrecisionPlan({"fc2": "int16"}).to_mapping(fxq.get_default_qconfig_mapping(backend), backend)
+
+
+class _NormThenLinears(torch.nn.Module):
+    """A layer norm (its default weight 1 and bias 0 quantize without error, so its output's error is the 16-bit
+    rounding of its input and output alone) read by two linears, and a linear reading the model's input too."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(64)
+        self.fc, self.fc2, self.fc0 = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return self.fc(h), self.fc2(h), self.fc0(x)
+
+
+def _linears_model():
+    torch.manual_seed(0)
+    return _NormThenLinears().eval()
+
+
+def _quantized_linears(plan):
+    return fxq.quantize(_linears_model(), example_inputs("mlp"), calibration_batches("mlp", n=2),
+                        backend="reference", precision=plan, runtime="graph")
+
+
+def _reads(gm, path):
+    """The quantize whose dequantized value module ``path``'s op reads, its (scale, zero point, dtype)."""
+    quantize = _by_module(gm)[path].args[0].args[0]
+    assert quantize.target is torch.quantize_per_tensor
+    return quantize, quantize.args[1:]
+
+
+def test_an_int8_layer_after_an_int16_one_reads_the_value_at_8_bits():
+    """Each reader quantizes the int16 value at its own precision: the int8 linears get an 8-bit observer of their
+    own (one, shared by both, after the 16-bit one), with the qparams an all-int8 model gives them; so does the
+    int8 linear reading the model's input, which the int16 norm observes at 16 bits."""
+    quantized, int8 = _quantized_linears({"norm": "int16"}), _quantized_linears({})
+    for path in ("fc", "fc2", "fc0"):
+        quantize, qparams = _reads(quantized, path)
+        assert qparams == _reads(int8, path)[1] and qparams[2] == torch.quint8
+        dequantize_16 = quantize.args[0]  # the 8-bit quantize reads the 16-bit value
+        assert dequantize_16.target == "dequantize" and dequantize_16.args[0].args[3] == torch.qint32
+    assert _reads(quantized, "fc")[0] is _reads(quantized, "fc2")[0]
+    assert _reads(quantized, "norm")[1][2] == torch.qint32
+
+    prepared = fxq.prepare(_linears_model(), fxq.get_default_qconfig_mapping("reference"), example_inputs("mlp"),
+                           backend="reference", precision={"norm": "int16"})
+    nodes = _by_module(prepared)
+    observers = dict(prepared.named_modules())
+    fc_input = info(nodes["fc"]).observers["input0"]
+    assert fc_input != info(nodes["norm"]).observers["output"] and fc_input == info(nodes["fc2"]).observers["input0"]
+    assert (observers[fc_input].dtype, observers[fc_input].quant_max) == (torch.quint8, 255)
+    assert observers[info(nodes["norm"]).observers["output"]].dtype == torch.qint32
+
+
+def test_an_int16_layer_after_an_int8_one_reads_the_int8_value():
+    """The other way round the value already has the coarser levels: the int16 layer reads it as it is."""
+    quantized, int8 = _quantized_norm_reversed(), _quantized_norm(None)
+    assert quantized.code.count("torch.qint32") == 0  # the fc's output is float: nothing is quantized at 16 bits
+    assert _reads(quantized, "fc") == (_reads(quantized, "fc")[0], _reads(int8, "fc")[1])
+    prepared = fxq.prepare(_norm_model(), fxq.get_default_qconfig_mapping("reference"), example_inputs("mlp"),
+                           backend="reference", precision={"fc": "int16"})
+    nodes = _by_module(prepared)
+    assert info(nodes["fc"]).observers["input0"] == info(nodes["norm"]).observers["output"]
+
+
+def _quantized_norm_reversed():
+    return fxq.quantize(_norm_model(), example_inputs("mlp"), calibration_batches("mlp", n=2), backend="reference",
+                        precision={"fc": "int16"}, runtime="graph")
+
+
+def test_an_int8_layer_after_an_int16_one_is_charged_its_own_8_bit_input():
+    """compare's own error of the int8 linear after the int16 norm is what the linear costs in an all-int8 model:
+    its 8-bit input and int8 weights on the exact float input (~42 dB; ~48 when it read the 16-bit value)."""
+    batches = calibration_batches("mlp", n=2)  # no value beyond calibration: no clipping hides the rounding
+    float_model, int8 = _linears_model(), _quantized_linears({})
+    _, qparams = _reads(int8, "fc")
+    x = torch.cat([batch[0] for batch in batches])
+    with torch.no_grad():
+        normed = float_model.norm(x)
+        direct = sqnr(float_model.fc(normed), int8.fc(torch.quantize_per_tensor(normed, *qparams).dequantize()))
+    layers = {layer.module_path: layer for layer in fxq.compare(float_model, _quantized_linears({"norm": "int16"}),
+                                                                batches).layers}
+    assert abs(layers["fc"].own_sqnr_db - direct) < 2, (layers["fc"].own_sqnr_db, direct)
+    assert abs(layers["fc2"].own_sqnr_db - layers["fc"].own_sqnr_db) < 6
+
+
+def test_compare_measures_an_int16_output_after_its_16_bit_rounding():
+    """The int16 norm's value is its 16-bit quantize (the clamp before it only bounds the levels): compare
+    reports the SQNR measured there (~86 dB), not the unrounded value's (~89 dB)."""
+    batches = calibration_batches("mlp", n=2)
+    float_model, quantized = _linears_model(), _quantized_linears({"norm": "int16"})
+    quantize = next(n for n in _quantized_output(quantized, "norm") if n.target is torch.quantize_per_tensor)
+    signal = noise = 0.0
+    for (x,) in batches:
+        with torch.no_grad():
+            expected = float_model.norm(x).double()
+        got = _node_values(quantized, x)[quantize].dequantize().double()
+        signal, noise = signal + float(expected.square().sum()), noise + float((expected - got).square().sum())
+    direct = 10 * math.log10(signal / noise)
+    layers = {layer.module_path: layer for layer in fxq.compare(float_model, quantized, batches).layers}
+    norm = layers["norm"]
+    assert abs(norm.sqnr_db - direct) < 0.5, (norm.sqnr_db, direct)
+    assert norm.node == _by_module(quantized)["norm"].name and norm.concept == "layer_norm"
