@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--dynamic", action="store_true", help="fp32 vs dynamic int8 on BERT-base and MiniLM")
     bench.add_argument("--minilm", action="store_true",
                        help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
+    bench.add_argument("--qat", action="store_true",
+                       help="4-bit QAT on a depthwise-separable digits CNN: fxq vs torch.ao vs static PTQ")
     bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
     bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
     bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")
@@ -63,6 +65,10 @@ def _run(args: argparse.Namespace) -> int:
             return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed)
         if args.dynamic:
             return run_dynamic_bench(threads=args.threads, rounds=args.rounds)
+        if args.qat:
+            from fxq.tools.bench_qat import run_qat_bench
+
+            return run_qat_bench(threads=args.threads)
         if args.minilm:
             from fxq.tools.bench_minilm import run_minilm_bench
 
