@@ -258,5 +258,5 @@ def _eval_copy(model: nn.Module, entry: str, warn_training: bool = True) -> nn.M
         warnings.warn(f"{type(model).__name__} is in training mode; {entry}() quantizes an eval-mode copy "
                       "(batch norms use running statistics, dropout is off). Your model is unchanged. "
                       "Call model.eval() first to silence this, or use prepare_qat() to train.",
-                      FxqWarning, stacklevel=3)
+                      FxqWarning, stacklevel=4)  # the caller of prepare(), past _prepare
     return work.eval()
