@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fxq
+from fxq.annotation import info
 from fxq.metrics import sqnr_db
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from fxq.qat import FakeQuantize, WeightFakeQuantize, enable_fake_quant, freeze_bn_stats, freeze_observers
@@ -168,3 +169,23 @@ def test_batch_norms_train_with_their_conv_and_fold_at_convert():
         converted = fxq.convert(prepared)
         assert sqnr_db(prepared(x), converted(x)) >= 35
     assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+
+
+def test_a_training_model_saves_loads_converts_and_shows_its_ranges(tmp_path):
+    _, prepared = _trained(steps=2)
+    fxq.save(prepared, tmp_path / "qat.fxq")
+    loaded = fxq.load(tmp_path / "qat.fxq")
+    x = calibration_batches("resnet", n=1, seed=5)[0]
+    prepared.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(*x), prepared(*x))
+        assert torch.equal(fxq.convert(loaded)(*x), fxq.convert(prepared)(*x))
+    rows = {row.name: row for row in fxq.inspect(prepared)}
+    fake = prepared.get_submodule(_output_observer(prepared, "conv1"))
+    assert rows["conv1"].scale == pytest.approx(float(fake.scale))  # the dump shows what training rounds with
+
+
+def _output_observer(prepared, node_name):
+    node = next(n for n in prepared.graph.nodes if n.name == node_name)
+    return info(node).observers["output"]
