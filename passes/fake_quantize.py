@@ -40,7 +40,9 @@ class FakeQuantizePass(GraphPass):
 
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         rw = Rewriter(gm, self.name)
-        for name, module in list(gm.named_modules()):
+        called = {node.target for node in gm.graph.nodes if node.op == "call_module"}
+        for name in sorted(called):  # the graph's observers (not the one inside an explicit FakeQuantize)
+            module = rw.modules[name]
             if isinstance(module, Observer) and not isinstance(module, FakeQuantize):
                 rw.set_module(name, FakeQuantize(module))
         backend = get_backend(ctx.backend)

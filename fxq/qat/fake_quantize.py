@@ -9,6 +9,7 @@ weight each step with ``fxq.quantize_tensor.quantize_weight``, the very function
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,33 +29,54 @@ class FakeQuantize(Observer):
     until the observer has seen data.
 
     The qparams are refreshed on each observed batch and kept in buffers, so a frozen observer costs nothing
-    per step and the converted model uses exactly the last ones.
+    per step and the converted model uses exactly the last ones. With ``learn_scale`` (per tensor) the observer
+    only sets the first scale; from then on the scale is a parameter trained with the weights (LSQ: the gradient
+    of the rounding error with respect to the step size), so training chooses how much of the range to clip.
+
+    A QConfig may name it directly, ``FakeQuantize.with_args(observer=SomeObserver.with_args(...), learn_scale=
+    True)``; ``prepare_qat`` wraps plain observers itself.
     """
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer, learn_scale: bool = False) -> None:
         nn.Module.__init__(self)
+        observer = observer if isinstance(observer, Observer) else observer()
         for name in _SETTINGS:
             setattr(self, name, getattr(observer, name))
         self.observer = observer
+        self.learn_scale = bool(learn_scale) and not observer.per_channel
         self.register_buffer("observing", torch.tensor(True))
         self.register_buffer("fake_quantizing", torch.tensor(True))
-        self.register_buffer("scale", torch.ones(1))
+        if self.learn_scale:
+            self.scale = nn.Parameter(torch.ones(1))
+        else:
+            self.register_buffer("scale", torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training and bool(self.observing):
+        if self.training and bool(self.observing) and not (self.learn_scale and self.has_data):
             self.observer(x, valid)
             if self.observer.has_data:
-                scale, zero_point = self.observer.calculate_qparams()
-                self.scale, self.zero_point = scale.detach().clone(), zero_point.detach().clone()
+                self._set_qparams(*self.observer.calculate_qparams())
         if not bool(self.fake_quantizing) or not self.has_data:
             return x
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point.int(), self.ch_axis,
                                                           self.quant_min, self.quant_max)
         scale, zero_point = self.rounding_qparams()
-        return torch.fake_quantize_per_tensor_affine(x, scale.float(), zero_point.int(), self.quant_min,
+        if scale is self.scale and self.learn_scale:
+            grad_factor = 1.0 / math.sqrt(x.numel() * self.quant_max)
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max, grad_factor)
+        return torch.fake_quantize_per_tensor_affine(x, scale.detach().float(), zero_point.int(), self.quant_min,
                                                      self.quant_max)
+
+    def _set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        if self.learn_scale:
+            with torch.no_grad():
+                self.scale.copy_(scale.reshape(1))
+        else:
+            self.scale = scale.detach().clone()
+        self.zero_point = zero_point.detach().clone()
 
     def share_unless_narrower(self, source: FakeQuantize) -> None:
         """Round like ``source`` (the input's) unless this output is more than NARROWER times narrower: what
@@ -68,7 +90,8 @@ class FakeQuantize(Observer):
         if source is None or not source.has_data:
             return self.scale, self.zero_point
         shared = source.rounding_qparams()
-        return shared if float(shared[0]) / float(self.scale) <= NARROWER else (self.scale, self.zero_point)
+        own = float(self.calculate_qparams()[0])
+        return shared if float(shared[0]) / own <= NARROWER else (self.scale, self.zero_point)
 
     @property
     def has_data(self) -> bool:
@@ -83,7 +106,7 @@ class FakeQuantize(Observer):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The qparams training last rounded with (what ``lower`` gives the value)."""
         self._require_data()
-        return self.scale.clone(), self.zero_point.clone()
+        return self.scale.detach().abs().clamp(min=self.eps).clone(), self.zero_point.clone()
 
     def _merge(self, other: FakeQuantize) -> None:
         self.observer.merge(other.observer)

@@ -189,3 +189,27 @@ def test_a_training_model_saves_loads_converts_and_shows_its_ranges(tmp_path):
 def _output_observer(prepared, node_name):
     node = next(n for n in prepared.graph.nodes if n.name == node_name)
     return info(node).observers["output"]
+
+
+def test_learned_activation_scales_train_and_convert_uses_them():
+    from fxq.observers import MovingAverageMinMaxObserver
+
+    learned = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(dtype=torch.quint8),
+                                     learn_scale=True)
+    mapping = fxq.QConfigMapping().set_global(fxq.QConfig(learned, fxq.get_default_qconfig("x86").weight))
+    prepared = fxq.prepare_qat(make_model("mlp"), mapping, example_inputs("mlp"))
+    fakes = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
+    assert fakes and all(isinstance(m.scale, nn.Parameter) for m in fakes)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-2)
+    first = None
+    for batch in calibration_batches("mlp", n=4):
+        optimizer.zero_grad()
+        prepared(*batch).square().mean().backward()
+        first = first if first is not None else [float(m.scale) for m in fakes]
+        optimizer.step()
+    assert [float(m.scale) for m in fakes] != first  # the scales moved with training
+    prepared.eval()
+    converted = fxq.convert(prepared)
+    x = calibration_batches("mlp", n=1, seed=3)[0]
+    with torch.no_grad():
+        assert sqnr_db(prepared(*x), converted(*x)) >= 35
