@@ -4,7 +4,6 @@ import json
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 
 import jsonschema
 import pydot
@@ -12,6 +11,7 @@ import pytest
 
 from fxq.dump.json_format import SCHEMA, VERSION
 from tests.dump.helpers import FACTORIES, dump_text
+from tests.html_checks import Checker, browser, render
 
 STAGES = ("traced", "fused", "prepared", "calibrated", "converted")
 
@@ -55,36 +55,10 @@ def test_dot_parses_and_styles_node_kinds_apart(name):
         assert nodes["gate"].get("fillcolor") == '"#ffd6a5"'  # float
 
 
-class _Checker(HTMLParser):
-    """Well-formedness: every opened element is closed in order (void elements excepted)."""
-
-    VOID = {"meta", "br", "input", "img", "hr", "link", "rect", "path"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.errors, self.tags = [], [], set()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.add(tag)
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.add(tag)
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
-        else:
-            self.stack.pop()
-
-
 @pytest.mark.parametrize("name", ["resnet", "transformer", "untraceable"])
 def test_html_is_well_formed_and_self_contained(name):
     page = dump_text(name, "--calibration", "2", fmt="html")
-    checker = _Checker()
+    checker = Checker()
     checker.feed(page)
     assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
     assert {"svg", "table", "script", "style"} <= checker.tags
@@ -93,27 +67,12 @@ def test_html_is_well_formed_and_self_contained(name):
     assert page.count('<tr id="row-') > 5
 
 
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (see README: Inspecting models)")
+@pytest.mark.skipif(browser() is None, reason="no headless browser installed (see README: Inspecting models)")
 def test_html_renders_in_a_headless_browser_without_console_errors(tmp_path):
     page = tmp_path / "dump.html"
     page.write_text(dump_text("resnet", "--calibration", "2", fmt="html"), encoding="utf-8")
-    # no network here: the background services' connections would only be refused (and slow the start)
-    quiet = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}"]
-    result = subprocess.run([_browser(), "--headless=new", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
-                             "--v=0", *quiet, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert 'id="graph"' in result.stdout
-    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    dom, console = render(page, tmp_path / "profile")
+    assert 'id="graph"' in dom
     assert not console, console
 
 

@@ -18,7 +18,7 @@ from fxq.cli import main
 from fxq.errors import FxqWarning
 from fxq.tuning import LayerTuning, TunePoint, TuneReport
 from fxq.tuning.html import tune_html
-from tests.dump.test_formats import _browser, _Checker
+from tests.html_checks import Checker, browser, render
 
 MLP = ["tests.models:MLP", "--input-shape", "4,64"]  # the fastest target `fxq dump` is tested on
 
@@ -76,7 +76,7 @@ def test_cli_without_example_inputs_is_a_user_error(capsys):
 
 
 def _assert_self_contained(page: str) -> None:
-    checker = _Checker()
+    checker = Checker()
     checker.feed(page)
     assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
     assert {"svg", "table", "script", "style", "circle", "title"} <= checker.tags
@@ -92,19 +92,11 @@ def test_cli_html_is_well_formed_and_self_contained(run):
     assert all(f'id="layer-{path}"' in page for path in ("fc1", "fc2", "fc3"))
 
 
-@pytest.mark.skipif(_browser() is None, reason="no headless browser installed (see README: Inspecting models)")
+@pytest.mark.skipif(browser() is None, reason="no headless browser installed (see README: Inspecting models)")
 def test_html_renders_in_a_headless_browser_without_console_errors(run):
-    page = run["paths"]["html"]
-    # no network here: the background services' connections would only be refused (and slow the start)
-    quiet = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-quic", f"--user-data-dir={run['dir'] / 'profile'}"]
-    result = subprocess.run([_browser(), "--headless=new", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
-                             "--v=0", *quiet, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r'<svg[^>]* id="pareto"', result.stdout)
-    assert 'id="chosen-point"' in result.stdout and re.search(r'class="point \w+ chosen"', result.stdout)
-    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    dom, console = render(run["paths"]["html"], run["dir"] / "profile")
+    assert re.search(r'<svg[^>]* id="pareto"', dom)
+    assert 'id="chosen-point"' in dom and re.search(r'class="point \w+ chosen"', dom)
     assert not console, console
 
 
