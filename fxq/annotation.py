@@ -94,6 +94,12 @@ def stamp(node: Node, pass_name: str, rule: str = "", where: str = "") -> NodeIn
     return record
 
 
+def runs_int8(record: NodeInfo) -> bool:
+    """Whether insert-observers quantized the op: its output is observed, or it returns float from int8 inputs
+    (what ``lower`` quantizes, and what quantization-aware training rounds)."""
+    return "output" in record.observers or record.precision == FLOAT_OUTPUT
+
+
 def leave_float(node: Node, reason: str) -> None:
     """Mark a node as deliberately left in float, keeping the first reason given."""
     record = info(node)

@@ -103,6 +103,12 @@ def check_kernel(precision: str, backend: str, where: str) -> None:
             "around the float op), or give the layer 'float', or 'int8-dynamic' (Linear), for a real CPU kernel")
 
 
+def decided_by_default(rule: str | None) -> bool:
+    """Whether a node's qconfig came from the mapping's global qconfig or a recipe, which a plan overrides (an
+    explicit module-name, type or regex rule of the user's wins over it)."""
+    return rule in (None, "global") or rule.startswith("recipe(")
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")

@@ -19,7 +19,7 @@ from fxq.annotation import info, leave_float
 from fxq.errors import ConfigError
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_registry import register_pass
-from fxq.precision import LINEAR_CONCEPTS, LINEAR_ONLY, check_kernel, qconfig_for
+from fxq.precision import LINEAR_CONCEPTS, LINEAR_ONLY, check_kernel, decided_by_default, qconfig_for
 from fxq.qconfig_mapping import with_suggestion
 
 _OPS = ("call_module", "call_function", "call_method")
@@ -51,9 +51,9 @@ class AssignPrecision(GraphPass):
             precision = plan.assignments.get(record.module_path) if node.op in _OPS else None
             if precision is None or record.concept is None:
                 continue
-            rule = record.qconfig_rule or "global"
-            if rule != "global" and not rule.startswith("recipe("):
-                record.declined.append(("assign-precision", f"the plan's {precision} gives way to rule {rule}"))
+            if not decided_by_default(record.qconfig_rule):
+                record.declined.append(("assign-precision",
+                                        f"the plan's {precision} gives way to rule {record.qconfig_rule}"))
                 continue
             if precision in LINEAR_ONLY and record.concept not in LINEAR_CONCEPTS:
                 raise ConfigError(f"the precision plan gives module {record.module_path!r} ({record.concept}, node "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch.fx import GraphModule
 
-from fxq.annotation import FLOAT_OUTPUT, info
+from fxq.annotation import info, runs_int8
 from fxq.backends import Observation, get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import CONV_BN, FusedModule
@@ -51,8 +51,7 @@ class FakeQuantizePass(GraphPass):
             support = backend.support(record.concept) if node.op in _OPS else None
             if support is not None and support.observation is Observation.NARROWING and "input0" in record.observers:
                 rw.modules[record.observers["output"]].share_unless_narrower(rw.modules[record.observers["input0"]])
-            int8 = "output" in record.observers or record.precision == FLOAT_OUTPUT  # as ``lower`` decides
-            if support is None or not support.weighted or not int8 or record.qconfig.weight is None:
+            if support is None or not support.weighted or not runs_int8(record) or record.qconfig.weight is None:
                 continue
             weight_fake_quant = WeightFakeQuantize(record.qconfig, support, node.name)
             if node.op == "call_module":
@@ -77,6 +76,4 @@ class FakeQuantizePass(GraphPass):
             return
         name = rw.unique_name(f"{node.name}_weight_fake_quant")
         rw.set_module(name, weight_fake_quant)
-        rounded = rw.insert("call_module", name, (weight,), before=node, like=node)
-        info(rounded).lowered_to = None
-        node.replace_input_with(weight, rounded)
+        node.replace_input_with(weight, rw.insert("call_module", name, (weight,), before=node, like=node))

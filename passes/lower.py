@@ -18,7 +18,7 @@ from operator import attrgetter
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.annotation import FLOAT_OUTPUT, info, leave_float
+from fxq.annotation import FLOAT_OUTPUT, info, leave_float, runs_int8
 from fxq.backends import Observation, get_backend
 from fxq.backends.table import NARROWER
 from fxq.graph_pass import GraphPass, PassContext
@@ -54,7 +54,7 @@ class Lower(GraphPass):
             if node.op == "call_module" and isinstance(rw.modules.get(node.target), Observer):
                 _quantize_dequantize(rw, node, computed)
         for node in list(gm.graph.nodes):
-            if node.op in _OPS and _quantized(info(node)):
+            if node.op in _OPS and runs_int8(info(node)):
                 support = backend.support(info(node).concept)
                 if support is not None and support.weighted:
                     _quantize_weight(rw, node, support)
@@ -217,11 +217,6 @@ def _is_quantize(node) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is torch.quantize_per_tensor
 
 
-def _quantized(record) -> bool:
-    """Whether insert-observers quantized the op: its output is observed, or it returns float from int8 inputs."""
-    return "output" in record.observers or record.precision == FLOAT_OUTPUT
-
-
 def _constant(gm: GraphModule, value) -> torch.Tensor | None:
     """The tensor a ``get_attr`` node reads; None for a value computed at run time."""
     if isinstance(value, Node) and value.op == "get_attr":
@@ -237,7 +232,7 @@ def _record_status(gm: GraphModule) -> None:
         record = info(node)
         if node.op not in _OPS or record.lowered_to is not None:
             continue
-        if _quantized(record):
+        if runs_int8(record):
             float_output = " (float output)" if record.precision == FLOAT_OUTPUT else ""
             record.lowered_to = f"reference:{record.concept}{float_output}"
         else:

@@ -29,9 +29,8 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.annotation import info
-from fxq.backends import get_backend
 from fxq.errors import CalibrationError, ConfigError, FxqError
-from fxq.precision import LINEAR_CONCEPTS, PrecisionPlan
+from fxq.precision import LINEAR_CONCEPTS, PrecisionPlan, decided_by_default, has_kernels
 from fxq.qconfig_mapping import QConfigMapping
 from fxq.timing import time_interleaved
 from fxq.tuning.layer_times import SLOWER_MARGIN, LayerTime, measure_layer_times, tunable_layers
@@ -143,9 +142,8 @@ class _Search:
         self.progress("timing layers", 1, 1)
         own = layer_sensitivity(prepared, all_int8, self.compare_batches)
         sensitivity = {path: own.get(path, math.inf) for path in layers}
-        simulated = get_backend(self.backend).engine is None  # no kernels: int8 simulated in float, nothing to gain
-        slow = {path: times[path] for path in layers if keep_slow_float and not simulated and path in times
-                and times[path].int8_is_slower}
+        slow = {path: times[path] for path in layers if keep_slow_float and has_kernels(self.backend)
+                and path in times and times[path].int8_is_slower}  # a simulating backend has no speed to gain
         reasons = {path: f"int8 is slower here ({timed.describe()})" for path, timed in slow.items()}
         self.speed_note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons) if slow else ""
         if self.speed_note.startswith("kept int8"):
@@ -265,7 +263,7 @@ class _Search:
     def _tunable(self, prepared: GraphModule, converted: GraphModule) -> dict[str, str]:
         """Path -> concept of the layers int8 in ``converted`` that no explicit mapping rule pins."""
         pinned = {path for path, nodes in tunable_layers(prepared).items()
-                  if any(not _chosen_by_default(info(node).qconfig_rule) for node in nodes)}
+                  if any(not decided_by_default(info(node).qconfig_rule) for node in nodes)}
         return {path: info(nodes[0]).concept for path, nodes in tunable_layers(converted).items()
                 if path not in pinned and any(info(node).lowered_to not in (None, "float") for node in nodes)}
 
@@ -303,10 +301,6 @@ def _why(precision: str, timed: LayerTime | None, sensitivity_db: float) -> str:
     if timed is not None and timed.int8_is_slower:
         return "slower in int8 alone, but the whole model is not faster with such layers float (see the notes)"
     return "the search keeps it int8"
-
-
-def _chosen_by_default(rule: str | None) -> bool:
-    return rule in (None, "global") or rule.startswith("recipe(")
 
 
 def _moved(base: dict[str, str], paths: list[str], rung: str, layers: dict[str, str]) -> dict[str, str]:
