@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -32,17 +32,19 @@ _NOT_KERNELS = frozenset({"quantize", "dequantize", "layout", "float", None})
 
 @dataclass(frozen=True)
 class LayerTime:
-    """A layer's median milliseconds per call, int8 (its conversions included) and float."""
+    """A layer's median milliseconds per call, int8 (its conversions included) and float, with the threads torch
+    used then."""
 
     int8_ms: float
     float_ms: float
+    threads: int = field(default_factory=torch.get_num_threads)
 
     @property
     def int8_is_slower(self) -> bool:
         return self.int8_ms > self.float_ms * SLOWER_MARGIN
 
     def describe(self) -> str:
-        return f"int8 {self.int8_ms:.4g} ms vs float {self.float_ms:.4g} ms with {torch.get_num_threads()} threads"
+        return f"int8 {self.int8_ms:.4g} ms vs float {self.float_ms:.4g} ms with {self.threads} threads"
 
 
 def tunable_layers(gm: GraphModule) -> dict[str, list[Node]]:
@@ -109,7 +111,7 @@ def _float_conversions(kernels: list[Node], owned: dict[Node, float], values: di
     for kernel in kernels:
         for source in kernel.all_input_nodes:
             value = values[source]
-            if source not in owned and isinstance(value, torch.Tensor) and value.is_quantized:
+            if _through_int8_moves(source) not in owned and isinstance(value, torch.Tensor) and value.is_quantized:
                 calls.append(value.dequantize)
         out = values[kernel]
         if isinstance(out, torch.Tensor) and out.is_quantized and any(

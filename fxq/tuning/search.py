@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -119,57 +119,62 @@ class _Search:
                                   "score plans on; pass at least 2 batches, or pass evaluate=")
             batches, held_out = batches[:-held], batches[-held:]
             self.metric, self.metric_name = OutputCosine(model, held_out), PROXY_NAME
-            self.compare_batches = held_out[:2]
+            self.sensitivity_batches = held_out[:2]
         else:
             self.metric, self.metric_name = evaluate, "evaluate"
-            self.compare_batches = batches[:2]
+            self.sensitivity_batches = batches[:2]
         self.batches = batches
         self.mapping = mapping if mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
         self.max_drop, self.max_evaluations = max_drop, max_evaluations
         self.prepare_options = prepare_options
         self.evaluations = 0
         self.trials: list[_Trial] = []
+        self.float_misses = False  # every tunable layer float still misses the budget
 
     # -- the steps -------------------------------------------------------------------------------------------
     def run(self, keep_slow_float: bool, runtime: str) -> TuneResult:
         self.runtime = runtime
         self.float_score = self._score(self.model)
-        self.float_ms = self._latency(self.model)
+        self.float_ms = time_interleaved({"float": self._calling(self.model)}, rounds=8, warmup=1)["float"]
         prepared, all_int8 = self._build({})
         layers = self._tunable(prepared, all_int8)
         self.progress("timing layers", 0, 1)
         times = measure_layer_times(prepared, all_int8, self.example_inputs)
         self.progress("timing layers", 1, 1)
-        own = layer_sensitivity(prepared, all_int8, self.compare_batches)
+        own = layer_sensitivity(prepared, all_int8, self.sensitivity_batches)
         sensitivity = {path: own.get(path, math.inf) for path in layers}
         slow = {path: times[path] for path in layers if keep_slow_float and has_kernels(self.backend)
                 and path in times and times[path].int8_is_slower}  # a simulating backend has no speed to gain
         reasons = {path: f"int8 is slower here ({timed.describe()})" for path, timed in slow.items()}
-        self.speed_note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons) if slow else ""
-        if self.speed_note.startswith("kept int8"):
-            slow, reasons = {}, {}
+        self.notes = []
+        if slow:
+            faster, note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons)
+            self.notes.append(note)
+            if not faster:
+                slow, reasons = {}, {}
         del prepared, all_int8
         base = {path: "float" for path in slow}
         ranked = sorted((path for path in layers if path not in slow), key=lambda path: sensitivity[path])
         chosen = self._search(base, reasons, ranked, layers)
         for trial in self.trials:
-            trial.point = _with_chosen(trial.point, trial is chosen)
+            trial.point = replace(trial.point, chosen=trial is chosen)
         plan = PrecisionPlan({**chosen.point.plan}, "search", reasons)
         report = self._report(chosen, layers, times, sensitivity, plan)
         _attach(chosen.model, self.model, self.backend, report)
         return TuneResult(chosen.model, plan.to_mapping(self.mapping, self.backend), plan, report)
 
-    def _confirm_faster(self, all_int8: GraphModule, speed_plan: dict[str, str], reasons: dict) -> str:
+    def _confirm_faster(self, all_int8: GraphModule, speed_plan: dict[str, str], reasons: dict) -> tuple[bool, str]:
         """Per-layer times leave out what a whole model adds (the runtime's per-op cost, caches); keep the layers
-        they call slower float only if the model with them float is faster than int8 everywhere, too."""
+        they call slower float only if the model with them float is faster than int8 everywhere, too. Returns
+        whether it is, and the note saying so with both times."""
         _, planned = self._build(speed_plan, reasons)
-        timed = time_interleaved({"int8": lambda: all_int8(*self.example_inputs),
-                                  "planned": lambda: planned(*self.example_inputs)}, rounds=15, warmup=2)
+        timed = time_interleaved({"int8": self._calling(all_int8), "planned": self._calling(planned)}, rounds=15,
+                                 warmup=2)
         both = f"{timed['planned']:.3g} ms with them float vs {timed['int8']:.3g} ms int8 everywhere"
         if timed["planned"] * SLOWER_MARGIN < timed["int8"]:
-            return f"float where int8 is slower: {both}"
-        return (f"kept int8 the {len(speed_plan)} layers slower in int8 alone: the whole model is not faster with "
-                f"them float ({both})")
+            return True, f"float where int8 is slower: {both}"
+        return False, (f"kept int8 the {len(speed_plan)} layers slower in int8 alone: the whole model is not faster "
+                       f"with them float ({both})")
 
     def _search(self, base: dict, reasons: dict, ranked: list[str], layers: dict[str, str]) -> _Trial:
         trial = self._trial("int8 where faster" if base else "int8 everywhere", base, reasons, layers)
@@ -178,6 +183,7 @@ class _Search:
                 break
             top = self._trial(f"top {len(ranked)} at {rung}", _moved(base, ranked, rung, layers), reasons, layers)
             if not top.point.meets_budget:
+                self.float_misses = rung == "float"
                 continue
             trial = self._fewest(base, reasons, ranked, rung, layers, top)
             trial = self._trim(base, reasons, ranked, layers, trial)
@@ -254,11 +260,12 @@ class _Search:
     def _latency(self, model: nn.Module) -> float:
         """Milliseconds per call on the example inputs, timed against the float model in the same rounds and
         scaled to its first measurement, so drifts of a busy machine cancel."""
-        timed = time_interleaved({"model": lambda: model(*self.example_inputs),
-                                  "float": lambda: self.model(*self.example_inputs)}, rounds=8, warmup=1)
-        if not hasattr(self, "float_ms"):
-            return timed["float"]
+        timed = time_interleaved({"model": self._calling(model), "float": self._calling(self.model)}, rounds=8,
+                                 warmup=1)
         return timed["model"] / timed["float"] * self.float_ms
+
+    def _calling(self, model: nn.Module) -> Callable[[], object]:
+        return lambda: model(*self.example_inputs)
 
     def _tunable(self, prepared: GraphModule, converted: GraphModule) -> dict[str, str]:
         """Path -> concept of the layers int8 in ``converted`` that no explicit mapping rule pins."""
@@ -289,7 +296,7 @@ class _Search:
                             score=chosen.point.score, latency_ms=chosen.point.latency_ms,
                             float_latency_ms=self.float_ms, evaluations=self.evaluations, layers=rows,
                             points=[trial.point for trial in self.trials], backend=self.backend,
-                            notes=[self.speed_note] if self.speed_note else [])
+                            notes=self.notes)
         if not report.met:
             report.suggestions = _suggestions(self)
         return report
@@ -309,19 +316,15 @@ def _moved(base: dict[str, str], paths: list[str], rung: str, layers: dict[str, 
                        for path in paths}}
 
 
-def _with_chosen(point: TunePoint, chosen: bool) -> TunePoint:
-    from dataclasses import replace
-
-    return replace(point, chosen=chosen)
-
-
 def _suggestions(search: _Search) -> list[str]:
     tips = []
     if search.evaluations >= search.max_evaluations:
         tips.append(f"The search stopped at max_evaluations={search.max_evaluations}; allow more.")
-    tips.append("Even the tunable layers in float miss it: the error comes from ops a plan does not name "
-                "(matmuls, adds, layer norms); keep those float with qconfig_mapping rules, try another recipe "
-                "(fxq.compare shows the worst layers), or train with quantization-aware training.")
+    if search.float_misses:
+        tips.append("Even with every tunable layer float it misses: the error comes from ops a plan does not name "
+                    "(matmuls, adds, layer norms); keep those float with qconfig_mapping rules or try another "
+                    "recipe (fxq.compare shows the worst layers).")
+    tips.append("Quantization-aware training (fxq.prepare_qat) trains the weights to tolerate the rounding instead.")
     return tips
 
 
