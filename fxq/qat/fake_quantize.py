@@ -110,6 +110,8 @@ class FakeQuantize(Observer):
 
     def _merge(self, other: FakeQuantize) -> None:
         self.observer.merge(other.observer)
+        if not self.learn_scale:  # the rounding follows the merged range, as it follows an observed batch
+            self._set_qparams(*self.observer.calculate_qparams())
 
     def _settings(self) -> dict[str, Any]:
         return {**self.observer._settings(), "observer": type(self.observer).__name__}

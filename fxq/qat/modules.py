@@ -29,25 +29,23 @@ class QATLinear(nn.Linear):
         return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
 
 
-class QATConv1d(nn.Conv1d):
+class _RoundsConvWeight:
+    """The forward every QAT convolution shares: its own convolution on the rounded weight."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+
+
+class QATConv1d(_RoundsConvWeight, nn.Conv1d):
     fxq_concept = "conv1d"
 
-    def forward(self, x):
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
 
-
-class QATConv2d(nn.Conv2d):
+class QATConv2d(_RoundsConvWeight, nn.Conv2d):
     fxq_concept = "conv2d"
 
-    def forward(self, x):
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
 
-
-class QATConv3d(nn.Conv3d):
+class QATConv3d(_RoundsConvWeight, nn.Conv3d):
     fxq_concept = "conv3d"
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
 
 
 class QATConvBn(nn.Module):

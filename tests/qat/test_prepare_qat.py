@@ -213,3 +213,15 @@ def test_learned_activation_scales_train_and_convert_uses_them():
     x = calibration_batches("mlp", n=1, seed=3)[0]
     with torch.no_grad():
         assert sqnr_db(prepared(*x), converted(*x)) >= 35
+
+
+def test_merging_fake_quantizers_rounds_with_the_merged_range():
+    from fxq.observers import MinMaxObserver
+
+    narrow, wide = FakeQuantize(MinMaxObserver()), FakeQuantize(MinMaxObserver())
+    narrow(torch.linspace(-1, 1, 50))
+    wide(torch.linspace(-10, 10, 50))
+    narrow.merge(wide)
+    expected = MinMaxObserver()
+    expected(torch.linspace(-10, 10, 50))
+    assert torch.allclose(narrow.calculate_qparams()[0], expected.calculate_qparams()[0])
