@@ -4,8 +4,10 @@ Runs last in ``fxq.prepare_qat``, after ``insert-observers`` placed observers ex
 quantization (one placement, decided by the same backend table). Every observer becomes a ``FakeQuantize``
 wrapping it, under the same name, so the node records still point at it; every conv/linear whose weight ``lower``
 will quantize rounds that weight in its forward: its layer becomes the ``fxq.qat.modules`` form (inside a fused
-module too; a conv kept with its batch norm trains through the folded weight's rounding, ``QATConvBn``), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
-``WeightFakeQuantize`` node. ``qat-to-float`` undoes the weight side at convert. An average pool's output rounds
+module too; a conv or linear kept with its batch norm trains through the folded weight's rounding,
+``QATLayerBn``), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
+``WeightFakeQuantize`` node. Every batch norm becomes its ``fxq.qat.batch_norm`` form, whose statistics
+``freeze_bn_stats`` can freeze for good. ``qat-to-float`` undoes the weight side at convert. An average pool's output rounds
 with its input's qparams unless it is far narrower, the choice ``lower`` makes (``FakeQuantize.share_unless_narrower``).
 """
 
@@ -18,9 +20,10 @@ from torch.fx import GraphModule
 from fxq.annotation import info, runs_int8
 from fxq.backends import Observation, get_backend
 from fxq.graph_pass import GraphPass, PassContext
-from fxq.nn.fused import CONV_BN, FusedModule
+from fxq.nn.fused import LAYER_BN, FusedModule
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
+from fxq.qat.batch_norm import QAT_BATCH_NORM, freezable
 from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
 from fxq.qat.modules import has_qat_form, to_qat
 from fxq.rewriter import Rewriter
@@ -45,6 +48,9 @@ class FakeQuantizePass(GraphPass):
             module = rw.modules[name]
             if isinstance(module, Observer) and not isinstance(module, FakeQuantize):
                 rw.set_module(name, FakeQuantize(module))
+        for name, module in list(gm.named_modules()):
+            if type(module) in QAT_BATCH_NORM and module.running_mean is not None:
+                rw.set_module(name, freezable(module))
         backend = get_backend(ctx.backend)
         for node in list(gm.graph.nodes):
             record = info(node)
@@ -63,7 +69,7 @@ class FakeQuantizePass(GraphPass):
     @staticmethod
     def _train_module(rw: Rewriter, target: str, weight_fake_quant: WeightFakeQuantize) -> None:
         module = rw.modules[target]
-        inside = isinstance(module, FusedModule) and not isinstance(module, CONV_BN)  # a conv+bn trains whole
+        inside = isinstance(module, FusedModule) and not isinstance(module, LAYER_BN)  # a layer+bn trains whole
         path = f"{target}.0" if inside else target
         layer = module[0] if inside else module
         if has_qat_form(layer):

@@ -5,9 +5,9 @@ Needs a normalized graph (concepts named, no in-place ops) from a model in eval 
 follow a conv or linear are folded into its weights, and a ReLU after a conv, linear or lone batch norm is
 merged with it into one fused module (``fxq.nn.fused``), called at the first member's path; ``relu(a + b)``
 and ``relu(a * b)`` become one ``fxq.nn.functional`` call. For quantization-aware training (``ctx.training``)
-a conv's batch norm is not folded but kept with it (and its ReLU) in one ``ConvBn``/``ConvBnReLU`` unit, so
-training can update its statistics; ``fxq.qat`` simulates the folding, ``qat-to-float`` does it at convert. Functional forms are left alone, with the reason
-recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
+a conv's or linear's batch norm is not folded but kept with it (and its ReLU) in one unit (``fxq.nn.fused.LAYER_BN``),
+so training can update its statistics; ``fxq.qat`` simulates the folding, ``qat-to-float`` does it at convert.
+Functional forms are left alone, with the reason recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
 fuses with its own neighbours.)
 """
 
@@ -22,7 +22,7 @@ from fxq.annotation import info
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fold import fold_batch_norm
 from fxq.nn.functional import add_relu, mul_relu
-from fxq.nn.fused import conv_bn_unit, fused_with_relu
+from fxq.nn.fused import fused_with_relu, layer_bn_unit
 from fxq.pass_registry import register_pass
 from fxq.pattern import Pattern
 from fxq.rewriter import Declined, Rewriter, Rule
@@ -45,14 +45,14 @@ def conv_bn(rw: Rewriter, op: Node, bn: Node) -> Node | Declined:
     return op
 
 
-def conv_bn_kept(rw: Rewriter, op: Node, bn: Node, relu: Node | None = None) -> Node | Declined:
-    """For training: the conv, its batch norm (and ReLU) as one unit, the norm still a norm (``fxq.qat`` trains
+def layer_bn_kept(rw: Rewriter, op: Node, bn: Node, relu: Node | None = None) -> Node | Declined:
+    """For training: the conv or linear, its batch norm (and ReLU) as one unit, the norm still a norm (``fxq.qat`` trains
     it with its statistics updating; ``qat-to-float`` folds it at convert)."""
     problem = _conv_bn_problem(rw, op, bn) or (relu is not None and _not_fusable(rw, relu, None))
     if problem:
         return Declined(problem)
     relu_module = rw.modules[relu.target] if relu is not None else None
-    rw.set_module(op.target, conv_bn_unit(rw.modules[op.target], rw.modules[bn.target], relu_module))
+    rw.set_module(op.target, layer_bn_unit(rw.modules[op.target], rw.modules[bn.target], relu_module))
     for member in (bn, relu):
         if member is not None:
             _merge(rw, op, member)
@@ -152,15 +152,18 @@ _FOLD_CONV_BN = [
     # conv -> batch norm: fold the norm into the conv's weights
     *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), conv_bn, "conv+bn") for conv in _CONVS],
 ]
-# for quantization-aware training: conv + batch norm (+ relu) kept as one unit, the norm still a norm
-_KEEP_CONV_BN = [
-    *[Rule(Pattern.chain(conv, "batch_norm", "relu", names=_NAMES), conv_bn_kept, "conv+bn+relu, training")
+# for quantization-aware training: conv/linear + batch norm (+ relu) kept as one unit, the norm still a norm
+_KEEP_LAYER_BN = [
+    *[Rule(Pattern.chain(conv, "batch_norm", "relu", names=_NAMES), layer_bn_kept, "conv+bn+relu, training")
       for conv in _CONVS],
-    *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), conv_bn_kept, "conv+bn, training") for conv in _CONVS],
+    *[Rule(Pattern.chain(conv, "batch_norm", names=_NAMES[:2]), layer_bn_kept, "conv+bn, training")
+      for conv in _CONVS],
+    Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, "relu", names=_NAMES), layer_bn_kept, "linear+bn1d+relu, training"),
+    Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), layer_bn_kept, "linear+bn1d, training"),
 ]
+# linear -> batch norm 1d: fold the norm into the linear's weights
+_FOLD_LINEAR_BN = [Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), conv_bn, "linear+bn1d")]
 _THE_REST = [
-    # linear -> batch norm 1d: fold the norm into the linear's weights
-    Rule(Pattern.chain(nn.Linear, nn.BatchNorm1d, names=_NAMES[:2]), conv_bn, "linear+bn1d"),
     # conv/linear -> relu: one fused module so one kernel runs both
     *[Rule(Pattern.chain(op, "relu", names=("op", "relu")), op_relu, "op+relu") for op in (*_CONVS, nn.Linear)],
     # a + b -> relu, a * b -> relu: one fused call, observed once after the relu
@@ -169,8 +172,8 @@ _THE_REST = [
     # batch norm -> relu (no conv before it): fused too
     Rule(Pattern.chain("batch_norm", "relu", names=("op", "relu")), op_relu, "bn+relu"),
 ]
-RULES = [*_FOLD_CONV_BN, *_THE_REST]
-TRAINING_RULES = [*_KEEP_CONV_BN, *_THE_REST]
+RULES = [*_FOLD_CONV_BN, *_FOLD_LINEAR_BN, *_THE_REST]
+TRAINING_RULES = [*_KEEP_LAYER_BN, *_THE_REST]
 
 
 @register_pass

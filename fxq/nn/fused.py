@@ -57,6 +57,18 @@ class BNReLU3d(FusedModule):
     fxq_concept = "batch_norm_relu"
 
 
+class LinearBn1d(FusedModule):
+    """Linear followed by BatchNorm1d, kept apart for quantization-aware training (folded at convert)."""
+
+    fxq_concept = "linear"
+
+
+class LinearBnReLU1d(FusedModule):
+    """Linear, BatchNorm1d, ReLU, for quantization-aware training."""
+
+    fxq_concept = "linear_relu"
+
+
 class ConvBn1d(FusedModule):
     """Conv1d followed by BatchNorm1d, kept apart for quantization-aware training (folded at convert)."""
 
@@ -93,15 +105,15 @@ class ConvBnReLU3d(FusedModule):
     fxq_concept = "conv3d_relu"
 
 
-CONV_BN = (ConvBn1d, ConvBn2d, ConvBn3d, ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)
+LAYER_BN = (LinearBn1d, LinearBnReLU1d, ConvBn1d, ConvBn2d, ConvBn3d, ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)
 
 
-def conv_bn_unit(conv: nn.Module, bn: nn.Module, relu: nn.Module | None = None) -> FusedModule:
-    """The fused conv + batch norm (+ ReLU) unit for ``conv``'s dimensionality."""
-    dims = (nn.Conv1d, nn.Conv2d, nn.Conv3d).index(type(conv))
+def layer_bn_unit(layer: nn.Module, bn: nn.Module, relu: nn.Module | None = None) -> FusedModule:
+    """The fused linear/conv + batch norm (+ ReLU) unit for ``layer``'s type."""
+    kind = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d).index(type(layer))
     if relu is None:
-        return (ConvBn1d, ConvBn2d, ConvBn3d)[dims](conv, bn)
-    return (ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)[dims](conv, bn, relu)
+        return (LinearBn1d, ConvBn1d, ConvBn2d, ConvBn3d)[kind](layer, bn)
+    return (LinearBnReLU1d, ConvBnReLU1d, ConvBnReLU2d, ConvBnReLU3d)[kind](layer, bn, relu)
 
 
 def fused_with_relu(module: nn.Module) -> type[FusedModule] | None:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.precision import PrecisionPlan
+from fxq.qat.batch_norm import FreezableBatchNorm
 from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
 from fxq.recipes import Recipe
 
@@ -59,9 +60,11 @@ def enable_fake_quant(prepared: nn.Module, enabled: bool = True) -> nn.Module:
     return prepared
 
 
-def freeze_bn_stats(prepared: nn.Module) -> nn.Module:
-    """Keep batch norms' running statistics as they are (their layers stay in eval mode while training)."""
+def freeze_bn_stats(prepared: nn.Module, frozen: bool = True) -> nn.Module:
+    """Normalise with the batch norms' running statistics and stop updating them (or, ``frozen=False``, go back
+    to batch statistics), in training mode too: from then on training sees what the converted model computes.
+    Lasts through ``prepared.train()``."""
     for module in prepared.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+        if isinstance(module, FreezableBatchNorm):
+            module.stats_frozen.fill_(frozen)
     return prepared

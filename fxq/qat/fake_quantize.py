@@ -17,6 +17,7 @@ from torch import nn
 
 from fxq.backends.table import NARROWER
 from fxq.observers import Observer
+from fxq.qat.initial_scale import least_error_qparams
 from fxq.quantize_tensor import quantize_weight
 
 _SETTINGS = ("dtype", "symmetric", "reduce_range", "eps", "quant_min", "quant_max", "custom_range", "node_name",
@@ -24,20 +25,22 @@ _SETTINGS = ("dtype", "symmetric", "reduce_range", "eps", "quant_min", "quant_ma
 
 
 class FakeQuantize(Observer):
-    """Observes like ``observer`` (in training mode, while ``observing``: evaluating the model never changes it)
-    and returns the input rounded to the range it implies (while ``fake_quantizing``); passes the input through
-    until the observer has seen data.
+    """Returns the input rounded to an int8 (or narrower) grid while ``fake_quantizing``; passes it through until
+    the grid is set (in training mode: evaluating the model never changes it).
 
-    The qparams are refreshed on each observed batch and kept in buffers, so a frozen observer costs nothing
-    per step and the converted model uses exactly the last ones. With ``learn_scale`` (per tensor) the observer
-    only sets the first scale; from then on the scale is a parameter trained with the weights (LSQ: the gradient
-    of the rounding error with respect to the step size), so training chooses how much of the range to clip.
+    With ``learn_scale`` (the default; per-tensor quantizers only) the scale is a parameter trained with the
+    weights (LSQ: the gradient of the loss through the rounding with respect to the step size), so training
+    chooses how much of the range to clip. It starts from the first training batch: the observer's range on it,
+    narrowed to the least rounding error (``fxq.qat.initial_scale``). Without it (per-channel quantizers, or
+    ``learn_scale=False``) the observer follows every training batch while ``observing`` and the grid is the one
+    it implies, as torch.ao's fake quantization does.
 
-    A QConfig may name it directly, ``FakeQuantize.with_args(observer=SomeObserver.with_args(...), learn_scale=
-    True)``; ``prepare_qat`` wraps plain observers itself.
+    Either way the qparams are kept in the module, so a frozen or learned grid costs nothing to read and the
+    converted model uses exactly the last ones. A QConfig may name it directly, ``FakeQuantize.with_args(
+    observer=SomeObserver.with_args(...), learn_scale=False)``; ``prepare_qat`` wraps plain observers itself.
     """
 
-    def __init__(self, observer, learn_scale: bool = False) -> None:
+    def __init__(self, observer, learn_scale: bool = True) -> None:
         nn.Module.__init__(self)
         observer = observer if isinstance(observer, Observer) else observer()
         for name in _SETTINGS:
@@ -56,7 +59,8 @@ class FakeQuantize(Observer):
         if self.training and bool(self.observing) and not (self.learn_scale and self.has_data):
             self.observer(x, valid)
             if self.observer.has_data:
-                self._set_qparams(*self.observer.calculate_qparams())
+                self._set_qparams(*(least_error_qparams(self.observer, x, valid) if self.learn_scale
+                                    else self.observer.calculate_qparams()))
         if not bool(self.fake_quantizing) or not self.has_data:
             return x
         if self.per_channel:

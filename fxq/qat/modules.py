@@ -5,10 +5,11 @@ other reader (the concept table via ``fxq_concept``, ``state_dict``, optimizers)
 plain classes (not parametrizations, not hooks) so a prepared model pickles and deep-copies. ``to_float`` turns
 one back into its float layer, holding the trained parameters, for ``convert``.
 
-``QATConvBn`` trains a conv with its batch norm: the converted model folds the norm's running statistics into
-the conv's weight and rounds *that*, so training rounds the same folded weight, then undoes the fold's scale
-on the conv's output and lets the batch norm normalise it with the batch's statistics (and update its running
-ones). With the norm in eval mode (``freeze_bn_stats``) this computes exactly the folded conv.
+``QATLayerBn`` trains a conv or linear with its batch norm: the converted model folds the norm's running
+statistics into the layer's weight and rounds *that*, so training rounds the same folded weight, then undoes
+the fold's scale on the layer's output and lets the batch norm normalise it with the batch's statistics (and
+update its running ones). With the norm's statistics frozen (``freeze_bn_stats``) this computes exactly the
+folded layer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.nn.fold import fold_batch_norm
-from fxq.nn.fused import CONV_BN, ConvReLU1d, ConvReLU2d, ConvReLU3d, FusedModule
+from fxq.nn.fused import LAYER_BN, ConvReLU1d, ConvReLU2d, ConvReLU3d, FusedModule, LinearReLU
+from fxq.qat.batch_norm import FLOAT_BATCH_NORM, retyped
 from fxq.qat.fake_quantize import WeightFakeQuantize
 
 
@@ -48,25 +50,30 @@ class QATConv3d(_RoundsConvWeight, nn.Conv3d):
     fxq_concept = "conv3d"
 
 
-class QATConvBn(nn.Module):
-    """A ``ConvBn``/``ConvBnReLU`` unit in training (see the module docstring)."""
+class QATLayerBn(nn.Module):
+    """A ``LinearBn``/``ConvBn`` unit (with or without its ReLU) in training (see the module docstring)."""
 
     _fxq_leaf = True
 
     def __init__(self, unit: FusedModule, weight_fake_quant: WeightFakeQuantize) -> None:
         super().__init__()
-        self.conv, self.bn = unit[0], unit[1]
+        self.layer, self.bn = unit[0], unit[1]
         self.relu = unit[2] if len(unit) > 2 else None
         self.weight_fake_quant = weight_fake_quant
         self.fxq_concept = unit.fxq_concept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = self._fold_factor()
-        weight = self.weight_fake_quant(self.conv.weight * factor.reshape([-1] + [1] * (self.conv.weight.dim() - 1)))
-        channel = [1, -1] + [1] * (x.dim() - 2)
-        y = self.conv._conv_forward(x, weight, None) / factor.reshape(channel)
-        if self.conv.bias is not None:
-            y = y + self.conv.bias.reshape(channel)
+        fold = factor.reshape([-1] + [1] * (self.layer.weight.dim() - 1))
+        weight = self.weight_fake_quant(self.layer.weight * fold)
+        if isinstance(self.layer, nn.Linear):
+            y = F.linear(x, weight)
+        else:
+            y = self.layer._conv_forward(x, weight, None)
+        channel = [1, -1] + [1] * (y.dim() - 2)
+        y = y / factor.reshape(channel)
+        if self.layer.bias is not None:
+            y = y + self.layer.bias.reshape(channel)
         y = self.bn(y)
         return self.relu(y) if self.relu is not None else y
 
@@ -76,48 +83,45 @@ class QATConvBn(nn.Module):
         return self.bn.weight * inv_std if self.bn.affine else inv_std
 
     def folded(self) -> nn.Module:
-        """The conv with the norm's running statistics folded in (and its ReLU): what ``convert`` lowers."""
-        conv = fold_batch_norm(self.conv, self.bn)
+        """The layer with the norm's running statistics folded in (and its ReLU): what ``convert`` lowers."""
+        layer = fold_batch_norm(self.layer, self.bn)
         if self.relu is None:
-            return conv
-        return {nn.Conv1d: ConvReLU1d, nn.Conv2d: ConvReLU2d, nn.Conv3d: ConvReLU3d}[type(conv)](conv, self.relu)
+            return layer
+        return _WITH_RELU[type(layer)](layer, self.relu)
 
 
+_WITH_RELU = {nn.Linear: LinearReLU, nn.Conv1d: ConvReLU1d, nn.Conv2d: ConvReLU2d, nn.Conv3d: ConvReLU3d}
 _QAT = {nn.Linear: QATLinear, nn.Conv1d: QATConv1d, nn.Conv2d: QATConv2d, nn.Conv3d: QATConv3d}
 _FLOAT = {qat: float_type for float_type, qat in _QAT.items()}
 
 
 def has_qat_form(module: nn.Module) -> bool:
-    return type(module) in _QAT or isinstance(module, CONV_BN)
+    return type(module) in _QAT or isinstance(module, LAYER_BN)
 
 
 def to_qat(layer: nn.Module, weight_fake_quant: WeightFakeQuantize) -> nn.Module:
     """``layer``'s QAT form, sharing its parameters and buffers (``layer`` is the prepared copy's, never the
     user's)."""
-    if isinstance(layer, CONV_BN):
-        return QATConvBn(layer, weight_fake_quant)
-    qat = _retyped(layer, _QAT[type(layer)])
+    if isinstance(layer, LAYER_BN):
+        return QATLayerBn(layer, weight_fake_quant)
+    qat = retyped(layer, _QAT[type(layer)])
     qat.weight_fake_quant = weight_fake_quant
     return qat
 
 
 def to_float(layer: nn.Module) -> nn.Module:
-    """The float layer a QAT layer trains, with its current parameters (a conv's batch norm folded in)."""
-    if isinstance(layer, QATConvBn):
+    """The float layer a QAT layer trains, with its current parameters (a layer's batch norm folded in; a lone
+    batch norm its float class again)."""
+    if isinstance(layer, QATLayerBn):
         return layer.folded()
-    plain = _retyped(layer, _FLOAT[type(layer)])
+    if type(layer) in FLOAT_BATCH_NORM:
+        plain = retyped(layer, FLOAT_BATCH_NORM[type(layer)])
+        del plain._buffers["stats_frozen"]
+        return plain
+    plain = retyped(layer, _FLOAT[type(layer)])
     del plain._modules["weight_fake_quant"]
     return plain
 
 
 def is_qat(module: nn.Module) -> bool:
-    return type(module) in _FLOAT or isinstance(module, QATConvBn)
-
-
-def _retyped(layer: nn.Module, cls: type) -> nn.Module:
-    """A new ``cls`` object holding ``layer``'s state (parameters, buffers, settings), without re-initialising."""
-    made = cls.__new__(cls)
-    made.__dict__.update(layer.__dict__)
-    made._parameters, made._buffers, made._modules = dict(layer._parameters), dict(layer._buffers), \
-        dict(layer._modules)
-    return made
+    return type(module) in _FLOAT or type(module) in FLOAT_BATCH_NORM or isinstance(module, QATLayerBn)

@@ -10,6 +10,7 @@ from fxq.annotation import info
 from fxq.graph_pass import PassContext
 from fxq.observers import Observer
 from fxq.qat import FakeQuantize
+from fxq.qat.batch_norm import FreezableBatchNorm
 from fxq.qat.modules import QATConv2d, QATLinear
 from tests.passes.helpers import run
 
@@ -47,3 +48,12 @@ def test_dynamic_layers_keep_their_plain_form():
         "fc", fxq.get_default_dynamic_qconfig(torch.qint8, "x86"))
     gm = run(_observed(mapping), "fake-quantize", ctx=PassContext(backend="x86"))
     assert type(dict(gm.named_modules())["fc"]) is nn.Linear
+
+
+def test_every_batch_norm_becomes_freezable_lone_ones_and_those_kept_with_a_layer():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4))
+    gm = fxq.prepare(model.eval(), fxq.get_default_qat_qconfig_mapping("x86"), (torch.randn(2, 3, 8, 8),),
+                     backend="x86")
+    gm = run(gm, "fake-quantize", ctx=PassContext(backend="x86"))
+    norms = [m for m in gm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, FreezableBatchNorm) and not bool(m.stats_frozen) for m in norms)

@@ -142,3 +142,14 @@ def test_for_training_a_convs_batch_norm_is_kept_with_it_not_folded():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(gm(x), model.eval()(x), atol=1e-6)
+
+
+def test_for_training_a_linears_batch_norm_is_kept_with_it_not_folded():
+    model = _warm(nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4), nn.BatchNorm1d(4)),
+                  (16, 6))
+    gm = run(traced(model), "normalize", "fuse", ctx=PassContext(training=True, example_inputs=(torch.randn(4, 6),)))
+    kinds = [kind for op, _, kind in op_nodes(gm) if op == "call_module"]
+    assert kinds == [fused.LinearBnReLU1d, fused.LinearBn1d]
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-6)

@@ -31,3 +31,13 @@ def test_exported_linear_calls_read_their_weights_directly_again():
     enable_fake_quant(gm, False)
     with torch.no_grad():
         assert torch.allclose(gm(*x), make_model("mlp")(*x), atol=1e-5)
+
+
+def test_batch_norms_return_to_their_float_class_or_fold_into_their_layer():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.MaxPool2d(2), torch.nn.BatchNorm2d(4))
+    prepared = fxq.prepare_qat(model, None, (torch.randn(2, 3, 8, 8),))
+    gm = run(prepared, "qat-to-float", ctx=PassContext(backend="x86"))
+    norms = [m for m in gm.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert [type(m) for m in norms] == [torch.nn.BatchNorm2d]  # the lone one; the conv's is folded
+    assert "stats_frozen" not in dict(norms[0].named_buffers())

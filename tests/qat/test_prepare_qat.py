@@ -113,8 +113,6 @@ def test_batch_norm_statistics_freeze_and_calibration_corrections_are_not_traine
     prepared = fxq.prepare_qat(model, None, (torch.randn(2, 3, 8, 8),))
     assert not any(isinstance(m, ChannelStatistics) for m in prepared.modules())  # no bias correction after QAT
     assert prepared.meta["fxq_recipe"]["recipe"].convert_passes == ()
-    freeze_bn_stats(prepared)
-    assert all(not m.training for m in prepared.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 def test_an_exported_graph_trains_its_linear_calls_too():
@@ -151,11 +149,12 @@ def test_batch_norms_train_with_their_conv_and_fold_at_convert():
     x = torch.randn(8, 3, 10, 10)
     prepared = fxq.prepare_qat(model, None, (x,))
     unit = prepared.get_submodule("0")
-    assert type(unit).__name__ == "QATConvBn" and isinstance(unit.bn, nn.BatchNorm2d)
+    assert type(unit).__name__ == "QATLayerBn" and isinstance(unit.bn, nn.BatchNorm2d)
     before = unit.bn.running_mean.clone()
     prepared(x * 2 + 1)  # training mode: batch statistics, running ones updated
     assert not torch.equal(unit.bn.running_mean, before)
     freeze_bn_stats(prepared)
+    prepared.train()  # every training loop does this each epoch: the freeze must outlast it
     frozen = unit.bn.running_mean.clone()
     prepared(x)
     assert torch.equal(unit.bn.running_mean, frozen)
@@ -169,6 +168,40 @@ def test_batch_norms_train_with_their_conv_and_fold_at_convert():
         converted = fxq.convert(prepared)
         assert sqnr_db(prepared(x), converted(x)) >= 35
     assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+
+
+def test_a_linears_batch_norm_trains_with_it_and_folds_at_convert():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(32, 6)
+    prepared = fxq.prepare_qat(model, None, (x,))
+    unit = prepared.get_submodule("0")
+    assert type(unit).__name__ == "QATLayerBn" and isinstance(unit.layer, nn.Linear)
+    before = unit.bn.running_mean.clone()
+    prepared(x * 3 - 1)
+    assert not torch.equal(unit.bn.running_mean, before)
+    prepared.eval()
+    with torch.no_grad():
+        converted = fxq.convert(prepared)
+        assert sqnr_db(prepared(x), converted(x)) >= 35
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in converted.modules())
+    assert isinstance(converted.get_submodule("0"), QuantizedLinear)
+
+
+def test_a_lone_batch_norm_stays_frozen_through_train():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4)).eval()
+    prepared = fxq.prepare_qat(model, None, (torch.randn(2, 3, 8, 8),))
+    norm = next(m for m in prepared.modules() if isinstance(m, nn.BatchNorm2d))
+    freeze_bn_stats(prepared).train()
+    frozen = norm.running_mean.clone()
+    x = torch.randn(4, 3, 8, 8) * 2 + 1
+    out = prepared(x)
+    assert torch.equal(norm.running_mean, frozen)
+    prepared.eval()
+    assert torch.equal(out, prepared(x))  # training mode now normalises as eval mode does
+    freeze_bn_stats(prepared, frozen=False).train()
+    prepared(x)
+    assert not torch.equal(norm.running_mean, frozen)
 
 
 def test_a_training_model_saves_loads_converts_and_shows_its_ranges(tmp_path):
@@ -218,7 +251,7 @@ def test_learned_activation_scales_train_and_convert_uses_them():
 def test_merging_fake_quantizers_rounds_with_the_merged_range():
     from fxq.observers import MinMaxObserver
 
-    narrow, wide = FakeQuantize(MinMaxObserver()), FakeQuantize(MinMaxObserver())
+    narrow, wide = FakeQuantize(MinMaxObserver(), learn_scale=False), FakeQuantize(MinMaxObserver(), learn_scale=False)
     narrow(torch.linspace(-1, 1, 50))
     wide(torch.linspace(-10, 10, 50))
     narrow.merge(wide)
