@@ -33,7 +33,7 @@ from fxq.tracing import TRACE_OPTIONS_KEY
 PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
 CONVERT_PASSES = ("lower", "cleanup")  # a recipe's passes precede "lower"
 QAT_PREPARE_PASSES = ("fake-quantize",)  # after a recipe's, in prepare_qat
-QAT_CONVERT_PASSES = ("qat-to-float",)  # before a recipe's, converting a QAT-prepared model
+QAT_CONVERT_PASSES = ("reestimate-batch-norm", "qat-to-float")  # before a recipe's, converting a QAT model
 QAT_KEY = "fxq_qat"
 
 _BACKEND_KEY = "fxq_backend"

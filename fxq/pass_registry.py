@@ -21,6 +21,7 @@ _BUILTIN_MODULES = {
     "smooth": "fxq.passes.smooth",
     "mask-padding": "fxq.passes.mask_padding",
     "fake-quantize": "fxq.passes.fake_quantize",
+    "reestimate-batch-norm": "fxq.passes.reestimate_batch_norm",
     "qat-to-float": "fxq.passes.qat_to_float",
     "lower": "fxq.passes.lower",
     "cleanup": "fxq.passes.cleanup",

@@ -7,7 +7,8 @@ will quantize rounds that weight in its forward: its layer becomes the ``fxq.qat
 module too; a conv or linear kept with its batch norm trains through the folded weight's rounding,
 ``QATLayerBn``), and a linear/conv call with a constant weight (an exported graph's layers) reads it through a
 ``WeightFakeQuantize`` node. Every batch norm becomes its ``fxq.qat.batch_norm`` form, whose statistics
-``freeze_bn_stats`` can freeze for good. ``qat-to-float`` undoes the weight side at convert. An average pool's output rounds
+``freeze_bn_stats`` can freeze for good, and a graph with batch norms records its last training batches at its
+inputs (``fxq.qat.recent_batches``) for ``reestimate-batch-norm`` at convert. ``qat-to-float`` undoes the weight side at convert. An average pool's output rounds
 with its input's qparams unless it is far narrower, the choice ``lower`` makes (``FakeQuantize.share_unless_narrower``).
 """
 
@@ -26,9 +27,11 @@ from fxq.pass_registry import register_pass
 from fxq.qat.batch_norm import QAT_BATCH_NORM, freezable
 from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
 from fxq.qat.modules import has_qat_form, to_qat
+from fxq.qat.recent_batches import RecentBatches
 from fxq.rewriter import Rewriter
 
 NAME = "fake-quantize"
+RECORDER = "recent_batches"
 _OPS = ("call_module", "call_function", "call_method")
 
 
@@ -48,9 +51,12 @@ class FakeQuantizePass(GraphPass):
             module = rw.modules[name]
             if isinstance(module, Observer) and not isinstance(module, FakeQuantize):
                 rw.set_module(name, FakeQuantize(module))
-        for name, module in list(gm.named_modules()):
-            if type(module) in QAT_BATCH_NORM and module.running_mean is not None:
-                rw.set_module(name, freezable(module))
+        norms = [name for name, module in gm.named_modules()
+                 if type(module) in QAT_BATCH_NORM and module.running_mean is not None]
+        for name in norms:
+            rw.set_module(name, freezable(rw.modules[name]))
+        if norms:
+            self._record_batches(rw)
         backend = get_backend(ctx.backend)
         for node in list(gm.graph.nodes):
             record = info(node)
@@ -65,6 +71,14 @@ class FakeQuantizePass(GraphPass):
             else:
                 self._train_call(rw, node, support.weight_arg, weight_fake_quant)
         return gm
+
+    @staticmethod
+    def _record_batches(rw: Rewriter) -> None:
+        inputs = [node for node in rw.gm.graph.nodes if node.op == "placeholder"]
+        first = next(node for node in rw.gm.graph.nodes if node.op != "placeholder")
+        name = rw.unique_name(RECORDER)
+        rw.set_module(name, RecentBatches())
+        rw.insert("call_module", name, tuple(inputs), before=first)
 
     @staticmethod
     def _train_module(rw: Rewriter, target: str, weight_fake_quant: WeightFakeQuantize) -> None:

