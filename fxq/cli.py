@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--minilm", action="store_true",
                        help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
     bench.add_argument("--qat", action="store_true",
-                       help="4-bit QAT on a depthwise-separable digits CNN: fxq vs torch.ao vs static PTQ")
+                       help="4-bit QAT on two digits CNNs (fxq vs torch.ao vs static PTQ), then MiniLM QAT + distillation")
     bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
     bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
     bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")

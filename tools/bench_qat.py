@@ -25,7 +25,7 @@ from torch import nn
 import fxq
 from fxq.observers import HistogramObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
-EPOCHS, LR, BATCH, SEEDS = 3, 5e-4, 64, 5
+EPOCHS, LR, BATCH, SEEDS = 3, 5e-4, 64, 8
 
 
 class DigitsDSCNN(nn.Module):
