@@ -21,13 +21,15 @@ def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, 
     """A copy of ``model`` with fake quantization where ``fxq.prepare`` would put observers, in training mode.
 
     Train it as the float model (the same loss and optimizer over ``prepared.parameters()``), then
-    ``fxq.convert(prepared)`` gives the int8 model on the same kernels as post-training quantization. The user's
-    model and its parameters are never touched; the prepared model deep-copies and pickles.
+    ``fxq.convert(prepared)`` gives the int8 model on the same kernels as post-training quantization, with
+    batch-norm statistics measured again on the last training batches (``reestimate_bn_stats``). The user's
+    model and its parameters are never touched (``requires_grad`` flags are copied as they are); the prepared
+    model deep-copies and pickles.
 
     Args:
-        qconfig_mapping: None for ``fxq.get_default_qat_qconfig_mapping(backend)`` (moving-average activation
-            ranges, which follow the weights as they train). Any mapping serves: its observers are wrapped in
-            fake quantization; bit widths below 8 come from quant_min/quant_max as for PTQ.
+        qconfig_mapping: None for ``fxq.get_default_qat_qconfig_mapping(backend)``. Any mapping serves: its
+            observers are wrapped in ``FakeQuantize``, whose per-tensor scales are learned from the observer's
+            first range narrowed to the least error; bit widths below 8 come from quant_min/quant_max as for PTQ.
         example_inputs / backend / capture / recipe / precision / ...: as for ``fxq.prepare``. The recipe keeps
             its float decisions but not its calibration-statistics corrections (bias correction), which
             training makes unnecessary.
@@ -45,7 +47,9 @@ def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, 
 
 
 def freeze_observers(prepared: nn.Module, frozen: bool = True) -> nn.Module:
-    """Stop (or restart) updating activation ranges; fake quantization goes on with the last ones."""
+    """Stop (or restart) updating the activation ranges of quantizers that follow their observer
+    (``learn_scale=False``, per-channel); fake quantization goes on with the last ones. Learned scales observe
+    only their first batch and are frozen by leaving them out of the optimizer."""
     for module in prepared.modules():
         if isinstance(module, FakeQuantize):
             module.observing.fill_(not frozen)

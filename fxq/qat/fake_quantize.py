@@ -31,7 +31,9 @@ class FakeQuantize(Observer):
     With ``learn_scale`` (the default; per-tensor quantizers only) the scale is a parameter trained with the
     weights (LSQ: the gradient of the loss through the rounding with respect to the step size), so training
     chooses how much of the range to clip. It starts from the first training batch: the observer's range on it,
-    narrowed to the least rounding error (``fxq.qat.initial_scale``). Without it (per-channel quantizers, or
+    narrowed to the least rounding error (``fxq.qat.initial_scale``). ``learn_zero_point`` (with a learned scale
+    and an affine scheme; off by default) trains the zero point too, as a float rounded where it is used: for a
+    range that training shifts, not just widens. Without it (per-channel quantizers, or
     ``learn_scale=False``) the observer follows every training batch while ``observing`` and the grid is the one
     it implies, as torch.ao's fake quantization does.
 
@@ -40,7 +42,7 @@ class FakeQuantize(Observer):
     observer=SomeObserver.with_args(...), learn_scale=False)``; ``prepare_qat`` wraps plain observers itself.
     """
 
-    def __init__(self, observer, learn_scale: bool = True) -> None:
+    def __init__(self, observer, learn_scale: bool = True, learn_zero_point: bool = False) -> None:
         nn.Module.__init__(self)
         observer = observer if isinstance(observer, Observer) else observer()
         for name in _SETTINGS:
@@ -53,7 +55,11 @@ class FakeQuantize(Observer):
             self.scale = nn.Parameter(torch.ones(1))
         else:
             self.register_buffer("scale", torch.ones(1))
-        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
+        self.learn_zero_point = bool(learn_zero_point) and self.learn_scale and not observer.symmetric
+        if self.learn_zero_point:
+            self.zero_point = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         if self.training and bool(self.observing) and not (self.learn_scale and self.has_data):
@@ -69,9 +75,10 @@ class FakeQuantize(Observer):
         scale, zero_point = self.rounding_qparams()
         if scale is self.scale and self.learn_scale:
             grad_factor = 1.0 / math.sqrt(x.numel() * self.quant_max)
-            return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max, grad_factor)
-        return torch.fake_quantize_per_tensor_affine(x, scale.detach().float(), zero_point.int(), self.quant_min,
+            return torch._fake_quantize_learnable_per_tensor_affine(  # |scale|: a step past 0 must not flip it
+                x, self.scale.abs(), self.zero_point if self.learn_zero_point else self.zero_point.float(), self.quant_min,
+                self.quant_max, grad_factor)
+        return torch.fake_quantize_per_tensor_affine(x, scale.detach().float(), _levels(zero_point), self.quant_min,
                                                      self.quant_max)
 
     def _set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
@@ -80,7 +87,11 @@ class FakeQuantize(Observer):
                 self.scale.copy_(scale.reshape(1))
         else:
             self.scale = scale.detach().clone()
-        self.zero_point = zero_point.detach().clone()
+        if self.learn_zero_point:
+            with torch.no_grad():
+                self.zero_point.copy_(zero_point.reshape(1).float())
+        else:
+            self.zero_point = zero_point.detach().clone()
 
     def share_unless_narrower(self, source: FakeQuantize) -> None:
         """Round like ``source`` (the input's) unless this output is more than NARROWER times narrower: what
@@ -110,7 +121,8 @@ class FakeQuantize(Observer):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The qparams training last rounded with (what ``lower`` gives the value)."""
         self._require_data()
-        return self.scale.detach().abs().clamp(min=self.eps).clone(), self.zero_point.clone()
+        zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).long()
+        return self.scale.detach().abs().clamp(min=self.eps).clone(), zero_point.clone()
 
     def _merge(self, other: FakeQuantize) -> None:
         self.observer.merge(other.observer)
@@ -123,6 +135,11 @@ class FakeQuantize(Observer):
     def extra_repr(self) -> str:
         state = [name for name in ("observing", "fake_quantizing") if bool(getattr(self, name))]
         return f"{', '.join(state) or 'frozen, off'}"
+
+
+def _levels(zero_point: torch.Tensor) -> torch.Tensor:
+    """A zero point as the int32 torch's fake quantize takes (a learned one is a float, rounded here)."""
+    return zero_point.detach().round().int()
 
 
 class WeightFakeQuantize(nn.Module):
