@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxq.qat.retype import retyped
+
 
 class FreezableBatchNorm:
     """The forward every QAT batch norm shares: its float class's, or eval-mode normalisation once frozen."""
@@ -42,13 +44,4 @@ def freezable(bn: nn.Module) -> nn.Module:
     """``bn``'s QAT form sharing its parameters and buffers, statistics not frozen (``bn`` has running ones)."""
     made = retyped(bn, QAT_BATCH_NORM[type(bn)])
     made.register_buffer("stats_frozen", torch.tensor(False))
-    return made
-
-
-def retyped(module: nn.Module, cls: type) -> nn.Module:
-    """A new ``cls`` object holding ``module``'s state (parameters, buffers, settings), without re-initialising."""
-    made = cls.__new__(cls)
-    made.__dict__.update(module.__dict__)
-    made._parameters, made._buffers, made._modules = dict(module._parameters), dict(module._buffers), \
-        dict(module._modules)
     return made

@@ -20,8 +20,9 @@ from torch import nn
 
 from fxq.nn.fold import fold_batch_norm
 from fxq.nn.fused import LAYER_BN, ConvReLU1d, ConvReLU2d, ConvReLU3d, FusedModule, LinearReLU
-from fxq.qat.batch_norm import FLOAT_BATCH_NORM, retyped
+from fxq.qat.batch_norm import FLOAT_BATCH_NORM
 from fxq.qat.fake_quantize import WeightFakeQuantize
+from fxq.qat.retype import retyped
 
 
 class QATLinear(nn.Linear):
