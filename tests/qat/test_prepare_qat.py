@@ -235,28 +235,36 @@ def _output_observer(prepared, node_name):
     return info(node).observers["output"]
 
 
-def test_learned_activation_scales_train_and_convert_uses_them():
+@pytest.mark.parametrize("learned", ["scale", "zero_point"])
+def test_learned_qparams_train_and_convert_uses_them(learned):
     from fxq.observers import MovingAverageMinMaxObserver
 
-    learned = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(dtype=torch.quint8),
-                                     learn_scale=True)
-    mapping = fxq.QConfigMapping().set_global(fxq.QConfig(learned, fxq.get_default_qconfig("x86").weight))
+    fake_quant = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(dtype=torch.quint8),
+                                        learn_zero_point=learned == "zero_point")
+    mapping = fxq.QConfigMapping().set_global(fxq.QConfig(fake_quant, fxq.get_default_qconfig("x86").weight))
     prepared = fxq.prepare_qat(make_model("mlp"), mapping, example_inputs("mlp"))
     fakes = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
-    assert fakes and all(isinstance(m.scale, nn.Parameter) for m in fakes)
-    optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-2)
+    assert fakes and all(isinstance(getattr(m, learned), nn.Parameter) for m in fakes)
+    optimizer = torch.optim.Adam(prepared.parameters(), lr=1e-3)
     first = None
-    for batch in calibration_batches("mlp", n=4):
+    for batch in calibration_batches("mlp", n=6):
         optimizer.zero_grad()
-        prepared(*batch).square().mean().backward()
-        first = first if first is not None else [float(m.scale) for m in fakes]
+        (prepared(*batch) - 3).square().mean().backward()
+        first = first if first is not None else [float(getattr(m, learned)) for m in fakes]
         optimizer.step()
-    assert [float(m.scale) for m in fakes] != first  # the scales moved with training
+    assert [float(getattr(m, learned)) for m in fakes] != first  # they moved with training
     prepared.eval()
     converted = fxq.convert(prepared)
     x = calibration_batches("mlp", n=1, seed=3)[0]
     with torch.no_grad():
         assert sqnr_db(prepared(*x), converted(*x)) >= 35
+
+
+def test_a_symmetric_scheme_does_not_learn_its_zero_point():
+    from fxq.observers import MinMaxObserver
+
+    symmetric = FakeQuantize(MinMaxObserver(dtype=torch.qint8, symmetric=True), learn_zero_point=True)
+    assert not symmetric.learn_zero_point and not isinstance(symmetric.zero_point, nn.Parameter)
 
 
 def test_merging_fake_quantizers_rounds_with_the_merged_range():
@@ -269,29 +277,3 @@ def test_merging_fake_quantizers_rounds_with_the_merged_range():
     expected = MinMaxObserver()
     expected(torch.linspace(-10, 10, 50))
     assert torch.allclose(narrow.calculate_qparams()[0], expected.calculate_qparams()[0])
-
-
-def test_learned_zero_points_train_and_convert_rounds_them():
-    from fxq.observers import MinMaxObserver, MovingAverageMinMaxObserver
-
-    learned = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(dtype=torch.quint8),
-                                     learn_zero_point=True)
-    mapping = fxq.QConfigMapping().set_global(fxq.QConfig(learned, fxq.get_default_qconfig("x86").weight))
-    prepared = fxq.prepare_qat(make_model("mlp"), mapping, example_inputs("mlp"))
-    fakes = [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
-    assert fakes and all(isinstance(m.zero_point, nn.Parameter) for m in fakes)
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=1e-3)
-    first = None
-    for batch in calibration_batches("mlp", n=6):
-        optimizer.zero_grad()
-        (prepared(*batch) - 3).square().mean().backward()
-        first = first if first is not None else [float(m.zero_point) for m in fakes]
-        optimizer.step()
-    assert [float(m.zero_point) for m in fakes] != first
-    prepared.eval()
-    converted = fxq.convert(prepared)
-    x = calibration_batches("mlp", n=1, seed=3)[0]
-    with torch.no_grad():
-        assert sqnr_db(prepared(*x), converted(*x)) >= 35
-    symmetric = FakeQuantize(MinMaxObserver(dtype=torch.qint8, symmetric=True), learn_zero_point=True)
-    assert not symmetric.learn_zero_point and not isinstance(symmetric.zero_point, nn.Parameter)
