@@ -5,10 +5,13 @@
 - ``nn.LSTM`` / ``nn.GRU`` -> ``DynamicLSTM`` / ``DynamicGRU`` (qint8 weights, dynamic activations),
 - ``nn.Embedding`` / ``nn.EmbeddingBag`` -> ``QuantizedEmbedding`` (8- or 4-bit rows, weight-only),
 - with a ``WeightOnly`` config, ``nn.Linear`` -> ``WeightOnlyLinear`` (int8/int4 group-wise weights).
+GPT-2's ``Conv1D`` (a Linear with its weight transposed) counts as ``nn.Linear`` everywhere above.
 
 A spec naming a module type fxq cannot quantize this way is an error listing the ones it can (a silent no-op
 would let a user believe a layer was quantized). Modules of a requested type that cannot be converted (an LSTM
-with ``proj_size``, an EmbeddingBag in max mode) stay float and the report lists each with the reason.
+with ``proj_size``, an EmbeddingBag in max mode) stay float and the report lists each with the reason. A
+type the user asked for that the model does not contain is a report line, and a call that converts nothing
+warns.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
 from fxq.nn.quantized.embedding import QuantizedEmbedding
 from fxq.nn.quantized.weight_only_linear import WeightOnlyLinear
+from fxq.nn.transposed_linear import as_linear, is_transposed_linear
 from fxq.qconfig import default_weight
 from fxq.qconfig_mapping import with_suggestion
 from fxq.quantize_tensor import quantize_with
@@ -64,6 +68,7 @@ class DynamicReport:
 
     converted: Counter = field(default_factory=Counter)
     left_float: list[tuple[str, str, str]] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
     size_before: int = 0
     size_after: int = 0
     weight_bytes_before: int = 0
@@ -83,6 +88,7 @@ class DynamicReport:
             lines.append("  (sizes are what state_dict stores; in memory, prepacked Linear/LSTM/GRU kernels also hold "
                          "their own packed copy of the int8 weights)")
         lines += [f"  left float: {path} ({kind}): {why}" for path, kind, why in self.left_float]
+        lines += [f"  matched no module: {key}" for key in self.unmatched]
         return "\n".join(lines)
 
 
@@ -107,8 +113,10 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     _check_names(model, spec)
     result = model if inplace else copy.deepcopy(model)
     report = DynamicReport(size_before=serialized_size(model))
+    matched = set()
     for path, module in list(result.named_modules()):
-        config = _config_for(path, module, spec)
+        key, config = _config_for(path, module, spec)
+        matched.add(key)
         if config is None:
             continue
         replacement, why = _convert(module, config)
@@ -120,6 +128,12 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         report.converted[_kind(replacement)] += 1
         _set(result, path, replacement)
     report.size_after = serialized_size(result)
+    unmatched = [key.__name__ for key in spec if isinstance(key, type) and key not in matched]
+    report.unmatched = unmatched if qconfig_spec is not None else []  # the default spec names types to try
+    if not report.converted and not report.left_float:
+        warnings.warn(f"quantize_dynamic converted nothing: the model has no {', '.join(unmatched)} "
+                      f"(types are matched exactly; name modules in qconfig_spec to choose others)", FxqWarning,
+                      stacklevel=2)
     if report.left_float:
         warnings.warn("quantize_dynamic left float: " + "; ".join(f"{p} ({why})" for p, _, why in report.left_float),
                       FxqWarning, stacklevel=2)
@@ -167,25 +181,27 @@ def _check_names(model: nn.Module, spec: dict) -> None:
                           + ", ".join(with_suggestion(name, names) for name in unknown))
 
 
-def _config_for(path: str, module: nn.Module, spec: dict):
-    """The config for ``path``: the nearest named ancestor (or itself) first, then its type."""
+def _config_for(path: str, module: nn.Module, spec: dict) -> tuple[object, object]:
+    """(the spec key that decides ``path``, its config): the nearest named ancestor (or itself) first, then its
+    type (a GPT-2 ``Conv1D`` is an ``nn.Linear``); (None, None) if none does."""
     probe = path
+    supported = isinstance(module, _SUPPORTED) or is_transposed_linear(module)
     while True:
         if probe in spec:
-            return spec[probe] if isinstance(module, _SUPPORTED) else None
+            return probe, (spec[probe] if supported else None)
         if not probe:
             break
         probe = probe.rpartition(".")[0]
-    for key, config in spec.items():
-        if isinstance(key, type) and type(module) is key:
-            return config
-    return None
+    kind = nn.Linear if is_transposed_linear(module) else type(module)
+    return (kind, spec[kind]) if kind in spec else (None, None)
 
 
 def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module | None, str]:
     """The replacement for ``module`` under ``config``, or (None, why it stays float). ``quantize_weight`` turns
     a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer)."""
     quantize_weight = quantize_weight or _qint8_per_channel
+    if is_transposed_linear(module):
+        module = as_linear(module)
     if isinstance(config, WeightOnly):
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             return _guard(lambda: QuantizedEmbedding(module, config.bits))

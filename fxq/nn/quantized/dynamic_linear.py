@@ -25,6 +25,20 @@ class DynamicLinear(PackedWeightModule):
         self._repack()
 
     @property
+    def in_features(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float32 weight the layer computes with, dequantized on each access: for model code that reads
+        ``.weight`` (its dtype, shape or device), as some Hugging Face models do; the layer runs on the packed one."""
+        return self.qweight.dequantize() if not self.fp16 else self.qweight.float()
+
+    @property
     def fp16(self) -> bool:
         return self.qweight.dtype == torch.float16
 
@@ -49,5 +63,4 @@ class DynamicLinear(PackedWeightModule):
         return self._run(x, self._packed)
 
     def extra_repr(self) -> str:
-        out_features, in_features = self.qweight.shape
-        return f"in_features={in_features}, out_features={out_features}, {self._weight_repr()}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._weight_repr()}"

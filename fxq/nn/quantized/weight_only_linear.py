@@ -42,6 +42,12 @@ class WeightOnlyLinear(nn.Module):
         grouped = values.float().reshape(self.out_features, -1, self.group_size) * self.scale.unsqueeze(2)
         return grouped.reshape(self.out_features, -1)[:, : self.in_features]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float32 weight, dequantized on each access: for model code that reads ``.weight`` (its dtype,
+        shape or device)."""
+        return self.dequantized_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
