@@ -128,7 +128,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         report.converted[_kind(replacement)] += 1
         _set(result, path, replacement)
     report.size_after = serialized_size(result)
-    unmatched = [key.__name__ for key in spec if isinstance(key, type) and key not in matched]
+    unmatched = sorted(key.__name__ for key in spec if isinstance(key, type) and key not in matched)
     report.unmatched = unmatched if qconfig_spec is not None else []  # the default spec names types to try
     if not report.converted and not report.left_float:
         warnings.warn(f"quantize_dynamic converted nothing: the model has no {', '.join(unmatched)} "
