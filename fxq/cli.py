@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
-    bench.add_argument("--dynamic", action="store_true", help="fp32 vs dynamic int8 on BERT-base and MiniLM")
+    bench.add_argument("--dynamic", action="store_true",
+                       help="fp32 vs dynamic int8 on BERT-base and MiniLM; decode-step Linears incl. weight-only int4")
     bench.add_argument("--minilm", action="store_true",
                        help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
     bench.add_argument("--qat", action="store_true",

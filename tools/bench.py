@@ -328,4 +328,35 @@ def run_dynamic_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> in
           "fxq.quantize_dynamic({nn.Linear})")
     print(tabulate(rows, headers=["model", "fp32 ms", "dynamic int8 ms", "speed-up", "linear weights int8/fp32"],
                    disable_numparse=True))
+    print(f"\nOne decode step's Linears: {DECODE_LAYERS} distinct {DECODE_SHAPE[0]}x{DECODE_SHAPE[1]} layers (too "
+          "large to stay in cache together), 1 row each; ms per layer")
+    print(tabulate(_decode_step_rows(rounds, warmup), headers=["variant", "ms", "x fp32 speed", "weight bytes/fp32"],
+                   disable_numparse=True))
     return 0
+
+
+DECODE_LAYERS, DECODE_SHAPE = 6, (2048, 5632)
+
+
+def _decode_step_rows(rounds: int, warmup: int) -> list[list[str]]:
+    """fp32 vs dynamic int8 vs weight-only int8/int4 (group 128) on an LLM decode step's Linear shapes."""
+    torch.manual_seed(0)
+    layers = nn.Sequential(*(nn.Linear(*DECODE_SHAPE) for _ in range(DECODE_LAYERS))).eval()
+    x = torch.randn(1, DECODE_SHAPE[0])
+    variants = {"fp32": layers, "dynamic int8": fxq.quantize_dynamic(layers, {nn.Linear}),
+                "weight-only int8": fxq.quantize_dynamic(layers, {nn.Linear: fxq.WeightOnly(8, 128)}),
+                "weight-only int4 (group 128)": fxq.quantize_dynamic(layers, {nn.Linear: fxq.WeightOnly(4, 128)})}
+
+    def each_layer(model):
+        with torch.no_grad():
+            for layer in model:
+                layer(x)
+
+    latency = time_interleaved({name: partial(each_layer, m) for name, m in variants.items()}, rounds, warmup)
+    rows = []
+    for name, model in variants.items():
+        report = fxq.report_of(model)
+        ratio = f"{report.weight_ratio:.3f}" if report is not None else "1.000"
+        ms = latency[name] / DECODE_LAYERS
+        rows.append([name, f"{ms:.2f}", f"{latency['fp32'] / latency[name]:.2f}x", ratio])
+    return rows

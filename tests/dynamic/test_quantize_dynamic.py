@@ -197,3 +197,21 @@ def test_qnnpack_engine_runs_the_same_model_with_full_range_weights():
         assert quantized.head.engine == "qnnpack"
     finally:
         torch.backends.quantized.engine = previous
+
+
+def test_int4_weight_only_runs_the_int4_kernel_and_computes_the_dequantized_product():
+    import pickle
+
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 96)
+    fast, fallback = WeightOnlyLinear(layer, 4, 64), WeightOnlyLinear(layer, 4, 100)
+    assert fast.uses_int4_kernel and not fallback.uses_int4_kernel and not WeightOnlyLinear(layer, 8, 64) \
+        .uses_int4_kernel
+    x = torch.randn(3, 5, 256)
+    expected = nn.functional.linear(x, fast.dequantized_weight(), layer.bias)  # the float product, by hand
+    assert _sqnr(expected, fast(x)) > 40  # bfloat16 activations: close, not equal
+    for copy_of in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert copy_of.uses_int4_kernel and torch.equal(copy_of(x), fast(x))
+    other = WeightOnlyLinear(nn.Linear(256, 96), 4, 64)
+    other.load_state_dict(fast.state_dict())
+    assert torch.equal(other(x), fast(x))  # the kernel's packed copy follows the loaded weight
