@@ -11,7 +11,7 @@ from torch.fx import GraphModule
 
 import fxq
 from fxq.tuning.proxy import OutputCosine
-from tests.tuning.models import OneOutlier, TinyHead, batches
+from tests.tuning.models import OneOutlier, TinyHead, TinyTail, batches
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,15 +39,16 @@ def _accuracy(model, x, y):
     return accuracy(model, x, y)
 
 
-def test_a_layer_slower_in_int8_stays_float_and_the_report_and_dump_show_both_times():
-    model = TinyHead().eval()
+def test_layers_slower_in_int8_stay_float_and_the_report_and_dump_show_both_times():
+    model = TinyTail().eval()  # six slow layers: the whole model is clearly faster with them float, even loaded
     result = fxq.tune(model, (torch.randn(1, 512),), batches(512, 8), runtime="graph")
-    assert result.plan.assignments.get("tiny") == "float"
-    row = next(row for row in result.report.layers if row.path == "tiny")
+    tiny = [f"tiny.{index}" for index in range(6)]
+    assert all(result.plan.assignments.get(path) == "float" for path in tiny), result.report
+    row = next(row for row in result.report.layers if row.path == "tiny.0")
     assert row.int8_ms > row.float_ms and row.precision == "float"
     assert f"{row.int8_ms:.4g} ms" in row.why and f"{row.float_ms:.4g} ms" in row.why
     reasons = {r.name: r.status for r in fxq.inspect(result.model)}
-    assert "int8 is slower here" in reasons["tiny"] and "search" in reasons["tiny"]
+    assert "int8 is slower here" in reasons["tiny_0"] and "search" in reasons["tiny_0"]
     assert "int8 is slower here" in str(result.report)
     assert result.report.notes[0].startswith("float where int8 is slower: ")  # the whole model is faster too
 
