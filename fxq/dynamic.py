@@ -30,7 +30,7 @@ from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
 from fxq.nn.quantized.embedding import QuantizedEmbedding
 from fxq.nn.quantized.weight_only_linear import WeightOnlyLinear
-from fxq.nn.transposed_linear import as_linear, is_transposed_linear
+from fxq.nn.transposed_linear import is_transposed_linear
 from fxq.qconfig import default_weight
 from fxq.qconfig_mapping import with_suggestion
 from fxq.quantize_tensor import quantize_with
@@ -201,7 +201,7 @@ def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module
     a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer)."""
     quantize_weight = quantize_weight or _qint8_per_channel
     if is_transposed_linear(module):
-        module = as_linear(module)
+        module = linear_from_constants(module.weight.t().contiguous(), module.bias)
     if isinstance(config, WeightOnly):
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             return _guard(lambda: QuantizedEmbedding(module, config.bits))

@@ -50,6 +50,17 @@ class _Positional(nn.Module):
         return self.model(input_ids, attention_mask)
 
 
+def last_hidden(output) -> torch.Tensor:
+    """The token states of a model's output: a Hugging Face output object, or an exported graph's tuple."""
+    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' states (sentence-transformers' pooling)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
 def embeddings(model: nn.Module, tokenizer, padding=True, sentences=SENTENCES) -> torch.Tensor:
     """Normalised mean-pooled embeddings of ``sentences``, 16 per batch, the model called with (input_ids,
     attention_mask) positionally; ``padding`` as the tokenizer takes it (True: to each batch's longest,
@@ -59,11 +70,8 @@ def embeddings(model: nn.Module, tokenizer, padding=True, sentences=SENTENCES) -
         for start in range(0, len(sentences), 16):
             batch = tokenizer(sentences[start:start + 16], padding=padding, truncation=True, max_length=128,
                               return_tensors="pt")
-            hidden = model(batch["input_ids"], batch["attention_mask"])
-            hidden = hidden.last_hidden_state if hasattr(hidden, "last_hidden_state") else hidden[0]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            parts.append(torch.nn.functional.normalize(pooled, dim=1))
+            hidden = last_hidden(model(batch["input_ids"], batch["attention_mask"]))
+            parts.append(torch.nn.functional.normalize(mean_pooled(hidden, batch["attention_mask"]), dim=1))
     return torch.cat(parts)
 
 

@@ -16,7 +16,14 @@ import statistics
 import time
 
 import torch
-from fxq.tools.bench_minilm import CALIBRATION_SENTENCES, _Positional, embeddings, load_minilm
+from fxq.tools.bench_minilm import (
+    CALIBRATION_SENTENCES,
+    _Positional,
+    embeddings,
+    last_hidden,
+    load_minilm,
+    mean_pooled,
+)
 from fxq.tools.docstring_corpus import docstring_sentences
 from fxq.tools.sentences import HELD_OUT_SENTENCES, SENTENCES
 
@@ -72,10 +79,10 @@ def _distill(student, teacher, tokenizer, corpus: list[str], lr: float) -> float
         student.train()
         with torch.no_grad():
             target = teacher(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        hidden = _hidden(student(batch["input_ids"], batch["attention_mask"]))
+        hidden = last_hidden(student(batch["input_ids"], batch["attention_mask"]))
         mask = batch["attention_mask"]
         loss = feature_distillation_loss(hidden[mask.bool()], target[mask.bool()]) + \
-            feature_distillation_loss(_pooled(hidden, mask), _pooled(target, mask))
+            feature_distillation_loss(mean_pooled(hidden, mask), mean_pooled(target, mask))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -99,15 +106,6 @@ def _float_step(teacher, tokenizer, corpus: list[str], steps: int = 12) -> float
         optimizer.step()
         times.append(time.perf_counter() - begin)
     return statistics.median(times[2:])
-
-
-def _hidden(output) -> torch.Tensor:
-    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
 def _held_out_cosine(model, tokenizer, reference: torch.Tensor) -> float:

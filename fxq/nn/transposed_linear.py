@@ -1,5 +1,5 @@
 """GPT-2's ``Conv1D`` (transformers) is a Linear with its weight stored transposed, (in, out): y = x @ W + b. fxq
-treats it as the Linear it is, by duck typing, so fxq needs no import of transformers and a copy of the class
+treats it as the Linear it is (``fxq.dynamic`` converts it with its weight transposed), by duck typing, so fxq needs no import of transformers and a copy of the class
 elsewhere is recognised too."""
 
 from __future__ import annotations
@@ -14,13 +14,3 @@ def is_transposed_linear(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
             and weight.shape[1] == getattr(module, "nf", None))
-
-
-def as_linear(module: nn.Module) -> nn.Linear:
-    """The ``nn.Linear`` computing what the ``Conv1D`` ``module`` computes (its weight transposed, bias shared)."""
-    weight = module.weight.detach()
-    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.t().contiguous(), requires_grad=False)
-    if module.bias is not None:
-        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
-    return linear

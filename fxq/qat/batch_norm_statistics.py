@@ -45,8 +45,9 @@ def reestimate_bn_stats(prepared: nn.Module, batches: Iterable | None = None) ->
                           "model inputs)")
     modes = {module: module.training for module in prepared.modules()}
     momenta = [norm.momentum for norm in norms]
+    measured = set(norms)
     for module in modes:
-        module.training = isinstance(module, FreezableBatchNorm) and module in norms
+        module.training = module in measured
     seen = 0
     try:
         for norm in norms:

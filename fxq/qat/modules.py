@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.nn.fold import fold_batch_norm
-from fxq.nn.fused import LAYER_BN, ConvReLU1d, ConvReLU2d, ConvReLU3d, FusedModule, LinearReLU
+from fxq.nn.fused import LAYER_BN, FusedModule, fused_with_relu
 from fxq.qat.batch_norm import FLOAT_BATCH_NORM
 from fxq.qat.fake_quantize import WeightFakeQuantize
 from fxq.qat.retype import retyped
@@ -88,10 +88,9 @@ class QATLayerBn(nn.Module):
         layer = fold_batch_norm(self.layer, self.bn)
         if self.relu is None:
             return layer
-        return _WITH_RELU[type(layer)](layer, self.relu)
+        return fused_with_relu(layer)(layer, self.relu)
 
 
-_WITH_RELU = {nn.Linear: LinearReLU, nn.Conv1d: ConvReLU1d, nn.Conv2d: ConvReLU2d, nn.Conv3d: ConvReLU3d}
 _QAT = {nn.Linear: QATLinear, nn.Conv1d: QATConv1d, nn.Conv2d: QATConv2d, nn.Conv3d: QATConv3d}
 _FLOAT = {qat: float_type for float_type, qat in _QAT.items()}
 
