@@ -23,6 +23,8 @@ from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.input_guard import input_records
+from fxq.model_inputs import call_with, split_call
+from fxq.nn.transposed_linear import replace_transposed_linears
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
 from fxq.precision import PrecisionPlan
@@ -50,7 +52,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
     Args:
         model: the float model; it is not modified.
         qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``).
-        example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped).
+        example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped), or a
+            dict of keyword arguments (``model(**example_inputs)``, e.g. a tokenizer's output). See
+            ``fxq.model_inputs``.
         backend: the backend whose table decides what is quantized: "reference" (explicit quantize/dequantize
             around float ops), "x86" or "qnnpack" (native int8 kernels).
         leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
@@ -81,13 +85,14 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
     """``prepare``, or with ``training`` ``fxq.prepare_qat``: the same passes, the recipe without its
     calibration-statistics corrections, then ``fake-quantize``, in training mode."""
     get_backend(backend)
-    example_inputs = _as_tuple(example_inputs)
+    args, kwargs = split_call(example_inputs)
     with paused_gc():
         work = _eval_copy(model, "prepare_qat" if training else "prepare", warn_training=not training)
+        replace_transposed_linears(work)  # GPT-2's Conv1D quantizes as the Linear it is
         options = {"leaf_modules": tuple(leaf_modules), "leaf_module_types": tuple(leaf_module_types),
                    "concrete_args": concrete_args}
-        captured = capture_model(work, example_inputs, capture, **options)
-        gm = captured.graph_module
+        captured = capture_model(work, args, capture, example_kwargs=kwargs, **options)
+        gm, example_inputs = captured.graph_module, captured.inputs
         add_properties(gm, frozenset({"traced"}))
         plan = precision if precision is None or isinstance(precision, PrecisionPlan) else PrecisionPlan(precision)
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
@@ -184,7 +189,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
 
     Args:
         calibration_data: batches of representative inputs; each is a tuple of forward arguments (a lone tensor
-            is wrapped).
+            is wrapped) or a dict of keyword arguments.
         qconfig_mapping: defaults to ``get_default_qconfig_mapping(backend)``.
         runtime: what runs the result's calls ("auto", "graph" or "torchscript"; see ``convert``).
         prepare_options: passed to ``prepare`` (recipe, capture, leaf_modules, concrete_args, ...).
@@ -203,7 +208,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     batches = 0
     with torch.no_grad():
         for batch in calibration_data:
-            prepared(*_as_tuple(batch))
+            call_with(prepared, batch)
             batches += 1
     if batches == 0:
         raise CalibrationError("quantize() got no calibration batches; pass an iterable of representative inputs")
@@ -237,17 +242,6 @@ def _set_mode(gm: GraphModule, training: bool) -> GraphModule:
     for module in gm.modules():
         module.training = training
     return gm
-
-
-def _as_tuple(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    if not isinstance(example_inputs, tuple):
-        raise ConfigError(f"example_inputs must be a tuple of model inputs (or one tensor), got "
-                          f"{type(example_inputs).__name__}")
-    return example_inputs
 
 
 def _eval_copy(model: nn.Module, entry: str, warn_training: bool = True) -> nn.Module:

@@ -8,48 +8,65 @@
 - "auto": symbolic tracing first; if it fails, or had to keep submodules float, export; the result says which
   front end was used and why (``Captured.how`` / ``why``, and ``gm.meta["fxq_capture"]``).
 
+Example inputs may include keyword arguments; ``Captured.inputs`` holds them as the positional arguments of the
+captured graph, whose inputs keep the forward's argument names. A model whose forward takes ``use_cache`` (Hugging
+Face decoders) is captured with ``use_cache=False`` unless the example sets it: a captured graph is one forward
+computation, and torch.export cannot return a cache object.
+
 The passes see one vocabulary either way: ``fxq.ops`` maps module, function, method and aten forms of an op to
 one concept.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
 from torch import nn
 from torch.fx import GraphModule
+from torch.utils import _pytree as pytree
 
 from fxq.annotation import info
 from fxq.errors import ConfigError, FxqWarning, TraceError
+from fxq.model_inputs import as_positional
 from fxq.tracing import Captured, trace
 
 CAPTURES = ("fx", "export", "auto")
 CAPTURE_KEY = "fxq_capture"
 
 
-def capture(model: nn.Module, example_inputs: tuple, how: str = "fx", **trace_options) -> Captured:
+def capture(model: nn.Module, example_inputs: tuple, how: str = "fx", *, example_kwargs: dict | None = None,
+            **trace_options) -> Captured:
     """``model`` (not modified) as a GraphModule, by ``how`` ("fx", "export" or "auto").
 
     Raises:
-        ConfigError: an unknown ``how``, or trace options export cannot honour.
+        ConfigError: an unknown ``how``, trace options export cannot honour, or example inputs that do not fit
+            the captured forward.
         TraceError: the model cannot be captured; with "auto", one error reporting both front ends' failures.
     """
     if how not in CAPTURES:
         raise ConfigError(f"capture={how!r}: use one of {', '.join(CAPTURES)}")
+    example_kwargs = dict(example_kwargs or {})
     if how == "fx":
-        return _noted(trace(model, **trace_options), "fx", "requested")
+        return _noted(_traced(model, example_inputs, example_kwargs, trace_options), "fx", "requested")
     if how == "export":
         _check_export_options(trace_options)
-        return _noted(export(model, example_inputs), "export", "requested")
-    return _auto(model, example_inputs, trace_options)
+        return _noted(export(model, example_inputs, example_kwargs), "export", "requested")
+    return _auto(model, example_inputs, example_kwargs, trace_options)
 
 
-def _auto(model: nn.Module, example_inputs: tuple, trace_options: dict) -> Captured:
+def _traced(model: nn.Module, args: tuple, kwargs: dict, trace_options: dict) -> Captured:
+    traced = trace(model, **trace_options)
+    traced.inputs = as_positional(traced.graph_module, tuple(args), kwargs, type(model).__name__)
+    return traced
+
+
+def _auto(model: nn.Module, example_inputs: tuple, example_kwargs: dict, trace_options: dict) -> Captured:
     with warnings.catch_warnings(record=True) as fx_warnings:
         warnings.simplefilter("always")
         try:
-            traced = trace(model, **trace_options)
+            traced = _traced(model, example_inputs, example_kwargs, trace_options)
             fx_error = None
         except TraceError as err:
             traced, fx_error = None, err
@@ -62,7 +79,7 @@ def _auto(model: nn.Module, example_inputs: tuple, trace_options: dict) -> Captu
            + "; ".join(f"{leaf.path} ({leaf.error})" for leaf in traced.float_leaves))
     try:
         _check_export_options(trace_options)
-        exported = export(model, example_inputs)
+        exported = export(model, example_inputs, example_kwargs)
     except (TraceError, ConfigError) as export_error:
         if traced is not None:  # fx with float leaves still beats nothing
             warnings.warn(f"capture='auto' kept symbolic tracing's result with float leaves: export failed too "
@@ -73,25 +90,61 @@ def _auto(model: nn.Module, example_inputs: tuple, trace_options: dict) -> Captu
     return _noted(exported, "export", why)
 
 
-def export(model: nn.Module, example_inputs: tuple) -> Captured:
+def export(model: nn.Module, example_inputs: tuple, example_kwargs: dict | None = None) -> Captured:
     """``torch.export`` (non-strict) on the example inputs, with dynamic dimensions; module paths and types come
-    from ``nn_module_stack``.
+    from ``nn_module_stack``. Keyword arguments fxq fixes (``use_cache=False``) are not inputs of the result.
 
     Raises:
         TraceError: export failed (names the model and the first line of torch's error).
     """
+    args, user_kwargs = tuple(example_inputs), dict(example_kwargs or {})
+    fixed = _fixed_kwargs(model, user_kwargs)
     try:
-        program = _export_batch_free(model, tuple(example_inputs))
+        program = _export_batch_free(model, args, {**user_kwargs, **fixed})
     except Exception as err:  # torch raises many kinds; all mean "cannot capture"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TraceError(f"torch.export cannot capture {type(model).__name__}: {type(err).__name__}: {first}") \
             from err
     gm = program.module()
+    gm.validate_inputs = False  # its check wants the example's exact call form; Python binds names, guards sizes
+    inputs = _take_positional(gm, args, user_kwargs, fixed) if user_kwargs or fixed else args
     _record_scopes(gm, model)
-    return Captured(gm, [], how="export")
+    return Captured(gm, [], how="export", inputs=inputs)
 
 
-def _export_batch_free(model: nn.Module, example_inputs: tuple):
+def _fixed_kwargs(model: nn.Module, user_kwargs: dict) -> dict:
+    """``use_cache=False`` where the forward takes it and the user left it unset: a decoder's default returns a
+    cache object, which a captured graph cannot (and a quantized forward computation does not need)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in parameters and "use_cache" not in user_kwargs else {}
+
+
+def _take_positional(gm: GraphModule, args: tuple, user_kwargs: dict, fixed: dict) -> tuple:
+    """Make ``gm`` take its inputs by position (keywords still bind by name) and return the examples so.
+
+    Placeholders of the ``fixed`` keyword arguments go (their uses, torch.export's input guards among them, get
+    the constant): the graph takes the user's arguments only.
+    """
+    placeholders = {node.name: node for node in gm.graph.nodes if node.op == "placeholder"}
+    for name, value in fixed.items():
+        node = placeholders[name]
+        for user in list(node.users):
+            user.args = tuple(value if arg is node else arg for arg in user.args)
+        gm.graph.erase_node(node)
+    codegen = gm.graph._codegen
+    codegen.pytree_info = codegen.pytree_info._replace(
+        orig_args=[name for name in codegen.pytree_info.orig_args if name not in fixed])
+    gm.recompile()
+    inputs = as_positional(gm, args, user_kwargs, type(gm).__name__)
+    codegen.pytree_info = codegen.pytree_info._replace(in_spec=pytree.tree_structure((inputs, {})))
+    gm.recompile()
+    return inputs
+
+
+def _export_batch_free(model: nn.Module, args: tuple, kwargs: dict):
     """Export with every dimension of every tensor input dynamic: a model exported for batch 8 x 64 tokens must
     still take batch 3 x 40 (export keeps a dimension static only where the model's code requires it).
 
@@ -99,21 +152,31 @@ def _export_batch_free(model: nn.Module, example_inputs: tuple):
     that refuses every other batch: such inputs are exported repeated to batch 2 (the program still takes
     batch 1), and as given only if the model cannot take two.
     """
-    widened = tuple(value.repeat(2, *[1] * (value.dim() - 1))
-                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1 else value
-                    for value in example_inputs)
-    if any(wide is not value for wide, value in zip(widened, example_inputs, strict=True)):
+    widened = pytree.tree_map(_batch_of_two, (args, kwargs))
+    if any(wide is not value for wide, value in zip(pytree.tree_leaves(widened), pytree.tree_leaves((args, kwargs)),
+                                                    strict=True)):
         try:
-            return _export_dynamic(model, widened)
+            return _export_dynamic(model, *widened)
         except Exception:  # noqa: BLE001 - the model needs batch 1: export it as given
             pass
-    return _export_dynamic(model, example_inputs)
+    return _export_dynamic(model, args, kwargs)
 
 
-def _export_dynamic(model: nn.Module, inputs: tuple):
-    dynamic = tuple({dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor)
-                    else None for value in inputs)
-    return torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+def _batch_of_two(value):
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
+        return value.repeat(2, *[1] * (value.dim() - 1))
+    return value
+
+
+def _export_dynamic(model: nn.Module, args: tuple, kwargs: dict):
+    def dims(value):
+        return {dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor) else None
+
+    if not kwargs:
+        return torch.export.export(model, args, dynamic_shapes=tuple(dims(value) for value in args), strict=False)
+    bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    dynamic = {name: pytree.tree_map(dims, value) for name, value in bound.items()}
+    return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
 
 
 def _record_scopes(gm: GraphModule, root: nn.Module) -> None:

@@ -23,11 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--models", default="resnet18,mobilenet_v2,bert,digits",
                        help="comma-separated: resnet18, mobilenet_v2, bert, digits, hf_bert (needs transformers)")
     bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--rounds", type=int, default=20, help="timed rounds per variant (median reported)")
+    bench.add_argument("--rounds", type=int, help="timed rounds per variant (median reported; default 20, 3 with --llm)")
     bench.add_argument("--compile", action="store_true", help="measure prepare+convert time on generated graphs")
     bench.add_argument("--dump", action="store_true", help="measure the fxq dump command on a 2,000-node graph")
     bench.add_argument("--dynamic", action="store_true",
                        help="fp32 vs dynamic int8 on BERT-base and MiniLM; decode-step Linears incl. weight-only int4")
+    bench.add_argument("--llm", action="store_true",
+                       help="decode speed, memory and logits SQNR of a Llama-shaped decoder: fp32, fxq and torchao "
+                            "int8/int4")
     bench.add_argument("--minilm", action="store_true",
                        help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
     bench.add_argument("--qat", action="store_true",
@@ -64,8 +67,13 @@ def _run(args: argparse.Namespace) -> int:
             from fxq.tools.fuzz import run_fuzz
 
             return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed)
+        if args.llm:
+            from fxq.tools.bench_llm import run_llm_bench
+
+            return run_llm_bench(threads=args.threads, rounds=args.rounds or 3)
+        rounds = args.rounds or 20
         if args.dynamic:
-            return run_dynamic_bench(threads=args.threads, rounds=args.rounds)
+            return run_dynamic_bench(threads=args.threads, rounds=rounds)
         if args.qat:
             from fxq.tools.bench_qat import run_qat_bench
 
@@ -73,12 +81,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.minilm:
             from fxq.tools.bench_minilm import run_minilm_bench
 
-            return run_minilm_bench(threads=args.threads, rounds=args.rounds)
+            return run_minilm_bench(threads=args.threads, rounds=rounds)
         if args.dump:
             return run_dump_bench()
         if args.compile:
             return run_compile_bench()
-        return run_bench(args.models.split(","), threads=args.threads, rounds=args.rounds)
+        return run_bench(args.models.split(","), threads=args.threads, rounds=rounds)
     if args.command == "dump":
         from fxq.tools.dump import run
 

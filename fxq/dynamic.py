@@ -30,7 +30,7 @@ from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
 from fxq.nn.quantized.embedding import QuantizedEmbedding
 from fxq.nn.quantized.weight_only_linear import WeightOnlyLinear
-from fxq.nn.transposed_linear import is_transposed_linear
+from fxq.nn.transposed_linear import as_linear, is_transposed_linear
 from fxq.qconfig import default_weight
 from fxq.qconfig_mapping import with_suggestion
 from fxq.quantize_tensor import quantize_with
@@ -56,6 +56,12 @@ class WeightOnly:
 
 
 DEFAULT_SPEC = (nn.Linear, nn.LSTM, nn.GRU)
+# Decoder LLM settings by name: each on the fastest CPU kernel measured for its bits (``fxq bench --llm``). int8:
+# Linears on fbgemm's dynamic kernel (int8 weights, activations quantized per call), embeddings in 8-bit rows;
+# int4: Linears group-wise 4-bit (group 128) on torch's int4 kernel with bfloat16 activations, 4-bit embeddings.
+# The LM head is a Linear: it is quantized too.
+PRESETS = {"int8": {nn.Linear: Dynamic(torch.qint8), nn.Embedding: WeightOnly(8)},
+           "int4": {nn.Linear: WeightOnly(4, 128), nn.Embedding: WeightOnly(4)}}
 _SUPPORTED = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding, nn.EmbeddingBag)
 
 
@@ -99,8 +105,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     Args:
         qconfig_spec: a set of module types (or names) to quantize with ``dtype``; or a dict from module type or
             module name (a name covers the module and everything inside it, and wins over types) to a config:
-            ``Dynamic(dtype)``, ``WeightOnly(bits, group_size)``, a dtype, or None to keep it float. Default:
-            ``{nn.Linear, nn.LSTM, nn.GRU}``.
+            ``Dynamic(dtype)``, ``WeightOnly(bits, group_size)``, a dtype, or None to keep it float; or "int8" /
+            "int4", the decoder LLM settings (``PRESETS``). Default: ``{nn.Linear, nn.LSTM, nn.GRU}``.
         dtype: for the set form: torch.qint8 (dynamic int8; embeddings 8-bit), torch.float16 (fp16 linear
             weights) or torch.quint4x2 (4-bit embedding tables).
         inplace: modify ``model`` itself instead of a copy.
@@ -109,7 +115,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     Raises:
         ConfigError: a type fxq cannot quantize this way, a name the model does not have, or a bad dtype.
     """
-    spec = _normalise(qconfig_spec if qconfig_spec is not None else set(DEFAULT_SPEC), dtype)
+    named_types = qconfig_spec is None or isinstance(qconfig_spec, str)  # types to try, not types to expect
+    spec = _normalise(_preset(qconfig_spec) if named_types else qconfig_spec, dtype)
     _check_names(model, spec)
     result = model if inplace else copy.deepcopy(model)
     report = DynamicReport(size_before=serialized_size(model))
@@ -129,8 +136,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         _set(result, path, replacement)
     report.size_after = serialized_size(result)
     unmatched = sorted(key.__name__ for key in spec if isinstance(key, type) and key not in matched)
-    report.unmatched = unmatched if qconfig_spec is not None else []  # the default spec names types to try
-    if not report.converted and not report.left_float:
+    report.unmatched = [] if named_types else unmatched
+    if not report.converted and not report.left_float and any(config is not None for config in spec.values()):
         warnings.warn(f"quantize_dynamic converted nothing: the model has no {', '.join(unmatched)} "
                       f"(types are matched exactly; name modules in qconfig_spec to choose others)", FxqWarning,
                       stacklevel=2)
@@ -139,6 +146,15 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
                       FxqWarning, stacklevel=2)
     setattr(result, REPORT_ATTRIBUTE, report)
     return result.eval() if not inplace else result
+
+
+def _preset(name: str | None) -> dict | set:
+    if name is None:
+        return set(DEFAULT_SPEC)
+    if name not in PRESETS:
+        raise ConfigError(f"qconfig_spec={name!r}: the named settings are {', '.join(map(repr, PRESETS))}; or pass "
+                          "a set or dict of module types and names")
+    return PRESETS[name]
 
 
 def _normalise(spec, dtype) -> dict[object, object]:
@@ -201,7 +217,7 @@ def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module
     a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer)."""
     quantize_weight = quantize_weight or _qint8_per_channel
     if is_transposed_linear(module):
-        module = linear_from_constants(module.weight.t().contiguous(), module.bias)
+        module = as_linear(module)
     if isinstance(config, WeightOnly):
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             return _guard(lambda: QuantizedEmbedding(module, config.bits))
@@ -240,15 +256,6 @@ def constant_linear_args(node) -> tuple | None:
     if not constant[0] or not (bias is None or constant[1]):
         return None
     return weight, bias
-
-
-def linear_from_constants(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An nn.Linear holding a functional call's constant weight and bias (for ``dynamic_module``)."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    return layer
 
 
 def dynamic_module(module: nn.Module, dtype: torch.dtype, quantize_weight) -> tuple[nn.Module | None, str]:

@@ -147,16 +147,25 @@ def call_like(gm: GraphModule, module: torch.jit.ScriptModule) -> Callable:
     if type(codegen) is CodeGen and guards is None:
         return module
     signature = inspect.signature(gm.forward)
+    guard_args = _guard_arguments(gm)
 
     def run(*args, **kwargs):
         if kwargs:
             args = signature.bind(*args, **kwargs).args
         flat = codegen.process_inputs(*args)
         if guards is not None:
-            guards(*flat)
+            guards(*(flat[value] if is_input else value for is_input, value in guard_args))
         return codegen.process_outputs(module(*flat))
 
     return run
+
+
+def _guard_arguments(gm: GraphModule) -> list:
+    """What the graph passes its input guards: (True, index of a graph input) or (False, a constant: an argument
+    capture fixed, such as ``use_cache=False``)."""
+    inputs = {node: index for index, node in enumerate(gm.graph.find_nodes(op="placeholder"))}
+    calls = gm.graph.find_nodes(op="call_module", target=_EXPORT_GUARDS)
+    return [(True, inputs[arg]) if arg in inputs else (False, arg) for arg in calls[0].args] if calls else []
 
 
 def compile_error(err: Exception) -> str:

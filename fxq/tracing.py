@@ -39,12 +39,14 @@ class FloatLeaf:
 
 @dataclass
 class Captured:
-    """The captured graph, the submodules left as float leaves, and which front end captured it."""
+    """The captured graph, the submodules left as float leaves, which front end captured it, and the example
+    inputs as the graph's positional arguments."""
 
     graph_module: GraphModule
     float_leaves: list[FloatLeaf] = field(default_factory=list)
     how: str = "fx"
     why: str = ""
+    inputs: tuple = ()
 
 
 class _Failure(Exception):

@@ -135,7 +135,8 @@ def _share_unless_narrower(rw: Rewriter, backend, computed: dict[str, tuple]) ->
 def _lower_dynamic(rw: Rewriter, node: Node) -> None:
     """A module (or a linear call with constant weights) with a dynamic qconfig becomes its dynamic runtime module
     (weights quantized now, activations at run time)."""
-    from fxq.dynamic import constant_linear_args, dynamic_module, linear_from_constants
+    from fxq.dynamic import constant_linear_args, dynamic_module
+    from fxq.nn.constant_linear import linear_from_constants
 
     record = info(node)
     factory = record.qconfig.weight

@@ -30,6 +30,7 @@ from torch.fx import GraphModule
 
 from fxq.annotation import info
 from fxq.errors import CalibrationError, ConfigError, FxqError
+from fxq.model_inputs import split_call
 from fxq.precision import LINEAR_CONCEPTS, PrecisionPlan, decided_by_default, has_kernels
 from fxq.qconfig_mapping import QConfigMapping
 from fxq.timing import time_interleaved
@@ -95,6 +96,14 @@ def _quiet(stage: str, done: int, total: int) -> None:
     pass
 
 
+def _positional(batch) -> tuple:
+    args, kwargs = split_call(batch)
+    if kwargs:
+        raise ConfigError("tune() takes example inputs and batches as tuples of positional arguments, not dicts "
+                          f"of keyword arguments (got keys {', '.join(kwargs)})")
+    return args
+
+
 @dataclass
 class _Trial:
     point: TunePoint
@@ -104,14 +113,14 @@ class _Trial:
 class _Search:
     def __init__(self, model, example_inputs, batches, evaluate, max_drop, backend, mapping, max_evaluations,
                  progress, prepare_options) -> None:
-        from fxq.api import _as_tuple, _mapping_name
+        from fxq.api import _mapping_name
         from fxq.qconfig_mapping import get_default_qconfig_mapping
 
         if not batches:
             raise CalibrationError("tune() got no calibration batches; pass an iterable of representative inputs")
         self.model, self.backend, self.progress = model, backend, progress
-        self.example_inputs = _as_tuple(example_inputs)
-        batches = [_as_tuple(batch) for batch in batches]
+        self.example_inputs = _positional(example_inputs)
+        batches = [_positional(batch) for batch in batches]
         if evaluate is None:
             held = max(1, len(batches) // 4)
             if len(batches) < 2:

@@ -215,3 +215,17 @@ def test_int4_weight_only_runs_the_int4_kernel_and_computes_the_dequantized_prod
     other = WeightOnlyLinear(nn.Linear(256, 96), 4, 64)
     other.load_state_dict(fast.state_dict())
     assert torch.equal(other(x), fast(x))  # the kernel's packed copy follows the loaded weight
+
+
+def test_int4_kernel_layers_hold_one_copy_of_the_weight_and_read_it_back_exactly(monkeypatch):
+    from fxq.nn.quantized import int4_layout
+
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 96)
+    single = WeightOnlyLinear(layer, 4, 64)
+    assert single.qweight is None  # the kernel's packed weight is the only copy (AVX2's layout is read back)
+    monkeypatch.setattr(int4_layout, "readable", lambda out_features: False)
+    double = WeightOnlyLinear(layer, 4, 64)  # where the layout is unknown the module keeps its own 4-bit copy
+    assert double.qweight is not None
+    assert torch.equal(single.state_dict()["qweight"], double.state_dict()["qweight"])
+    assert torch.equal(single.weight, double.weight)

@@ -1,11 +1,12 @@
 """Weight-only quantized Linear: int8 or int4 weights with one scale per group of ``group_size`` input columns.
 
 int4 runs on torch's int4 CPU matmul (``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where the
-shape allows it (groups of 32-256 dividing an input width that is a multiple of 128): the weight stays 4-bit,
-with the kernel's repacked copy beside it. ``fxq bench --dynamic`` times a decode step's 2048x5632 layers against
-fp32, dynamic int8 and weight-only int8. The int8 path, and int4 where the kernel does not apply, expand the
-weight to float per call: they save memory and disk (4x for int8, about 7x for int4 with groups of 128), not
-time (for int8 speed, use dynamic int8).
+shape allows it (groups of 32-256 dividing an input width that is a multiple of 128, an output width that is a
+multiple of the kernel's block): the kernel's packed copy is then the only copy of the weight in memory, and
+``state_dict``, pickling and ``.weight`` read the 4-bit values back out of it (``fxq.nn.quantized.int4_layout``).
+``fxq bench --dynamic`` and ``fxq bench --llm`` time it. The int8 path, and int4 where the kernel does not apply,
+expand the weight to float per call: they save memory and disk (4x for int8, about 7x for int4 with groups of
+128), not time (for int8 speed, use dynamic int8: ``fxq.quantize_dynamic(model, "int8")``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxq.nn.quantized import int4_layout
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
 
-INT4_KERNEL_GROUPS, INT4_INNER_K_TILES = (32, 64, 128, 256), 8
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 
 
 class WeightOnlyLinear(RebuildsKernelState):
@@ -47,26 +49,46 @@ class WeightOnlyLinear(RebuildsKernelState):
         self._repack()
 
     def _repack(self) -> None:
-        """The int4 kernel's packed weight and (scale, zero) table, or None where the kernel does not apply."""
+        """The int4 kernel's packed weight and (scale, zero) table where the kernel applies, and there ``qweight``
+        dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
         self._int4_kernel = None
         if self.bits != 4 or self.group_size not in INT4_KERNEL_GROUPS or self.in_features % self.group_size \
-                or self.in_features % (INT4_INNER_K_TILES * 16):
+                or not int4_layout.fits(self.out_features, self.in_features):
             return
         levels = (_unpack_int4(self.qweight)[:, : self.in_features].to(torch.int32) + 8).contiguous()
         scales = self.scale.t().to(torch.bfloat16)
         table = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()  # [groups, out, (scale, zero)]
-        self._int4_kernel = (torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, INT4_INNER_K_TILES), table)
+        self._int4_kernel = (int4_layout.pack(levels), table)
+        if int4_layout.readable(self.out_features):
+            self.qweight = None
 
     @property
     def uses_int4_kernel(self) -> bool:
         return self._int4_kernel is not None
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def stored_qweight(self) -> torch.Tensor:
+        """The weight as ``state_dict`` stores it: int8 values, or int4 two per byte (offset 8)."""
+        if self.qweight is not None:
+            return self.qweight
+        levels = int4_layout.unpack(self._int4_kernel[0], self.out_features, self.in_features)
+        return _pack_int4(levels.to(torch.int8) - 8)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_buffers"] = {**state["_buffers"], "qweight": self.stored_qweight()}
+        return state
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "qweight"] = self.stored_qweight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.qweight = torch.empty_like(self.stored_qweight())  # a target of the stored shape to load into
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._repack()  # the kernel's copy of the weight follows the loaded one
 
     def dequantized_weight(self) -> torch.Tensor:
-        values = _unpack_int4(self.qweight) if self.bits == 4 else self.qweight
+        values = _unpack_int4(self.stored_qweight()) if self.bits == 4 else self.qweight
         grouped = values.float().reshape(self.out_features, -1, self.group_size) * self.scale.unsqueeze(2)
         return grouped.reshape(self.out_features, -1)[:, : self.in_features]
 
