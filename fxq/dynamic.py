@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from fxq.errors import ConfigError, FxqWarning
+from fxq.linear_input_moments import linear_input_moments
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
@@ -101,7 +103,7 @@ class DynamicReport:
 
 
 def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = torch.qint8, *,
-                     inplace: bool = False) -> nn.Module:
+                     inplace: bool = False, calibration_data: Iterable | None = None) -> nn.Module:
     """A copy of ``model`` with the chosen submodules quantized (see the module docstring).
 
     Args:
@@ -112,23 +114,28 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         dtype: for the set form: torch.qint8 (dynamic int8; embeddings 8-bit), torch.float16 (fp16 linear
             weights) or torch.quint4x2 (4-bit embedding tables).
         inplace: modify ``model`` itself instead of a copy.
+        calibration_data: optional batches (tuples of forward arguments, or dicts of keyword arguments); with
+            them, weight-only Linears are rounded by GPTQ (``fxq.gptq``) to the inputs each sees on the batches
+            instead of to the nearest level. Other conversions do not use data.
     Returns:
         The quantized model; ``fxq.report_of(result)`` says what was converted, what stayed float, and sizes.
     Raises:
         ConfigError: a type fxq cannot quantize this way, a name the model does not have, or a bad dtype.
+        CalibrationError: ``calibration_data`` given but empty, or giving non-finite inputs.
     """
     named_types = qconfig_spec is None or isinstance(qconfig_spec, str)  # types to try, not types to expect
     spec = _normalise(_preset(qconfig_spec) if named_types else qconfig_spec, dtype)
     _check_names(model, spec)
     result = model if inplace else copy.deepcopy(model)
     report = DynamicReport(size_before=serialized_size(model))
+    moments = _weight_only_moments(result, spec, calibration_data) if calibration_data is not None else {}
     matched = set()
     for path, module in list(result.named_modules()):
         key, config = _config_for(path, module, spec)
         matched.add(key)
         if config is None:
             continue
-        replacement, why = _convert(module, config)
+        replacement, why = _convert(module, config, input_moments=moments.get(path))
         if replacement is None:
             report.left_float.append((path, type(module).__name__, why))
             continue
@@ -214,9 +221,19 @@ def _config_for(path: str, module: nn.Module, spec: dict) -> tuple[object, objec
     return (kind, spec[kind]) if kind in spec else (None, None)
 
 
-def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module | None, str]:
+def _weight_only_moments(model: nn.Module, spec: dict, batches: Iterable) -> dict[str, torch.Tensor]:
+    """Input moments of the Linears (and Conv1Ds) that ``spec`` makes weight-only, on ``batches``."""
+    paths = [path for path, module in model.named_modules()
+             if (isinstance(module, nn.Linear) or is_transposed_linear(module))
+             and isinstance(_config_for(path, module, spec)[1], WeightOnly)]
+    return linear_input_moments(model, paths, batches)
+
+
+def _convert(module: nn.Module, config, quantize_weight=None,
+             input_moments: torch.Tensor | None = None) -> tuple[nn.Module | None, str]:
     """The replacement for ``module`` under ``config``, or (None, why it stays float). ``quantize_weight`` turns
-    a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer)."""
+    a float weight into qint8 (default: ``_qint8_per_channel``; the graph path passes the qconfig's observer);
+    ``input_moments`` makes a weight-only Linear round by GPTQ."""
     quantize_weight = quantize_weight or _qint8_per_channel
     if is_transposed_linear(module):
         module = as_linear(module)
@@ -224,7 +241,7 @@ def _convert(module: nn.Module, config, quantize_weight=None) -> tuple[nn.Module
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             return _guard(lambda: QuantizedEmbedding(module, config.bits))
         if isinstance(module, nn.Linear):
-            return _guard(lambda: WeightOnlyLinear(module, config.bits, config.group_size))
+            return _guard(lambda: WeightOnlyLinear(module, config.bits, config.group_size, input_moments))
         return None, f"no weight-only form for {type(module).__name__} (Linear, Embedding and EmbeddingBag have one)"
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         bits = 8 if config.dtype == torch.qint8 else None

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxq.gptq import gptq_levels
 from fxq.nn.quantized import int4_layout
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.observers.shrink import shrink_factors
@@ -31,7 +32,10 @@ class WeightOnlyLinear(RebuildsKernelState):
     fxq_concept = "linear"
     _kernel_state = ("_int4_kernel",)
 
-    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 128) -> None:
+    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 128,
+                 input_moments: torch.Tensor | None = None) -> None:
+        """``input_moments`` (in x in, the mean x x^T of the layer's inputs): round by GPTQ (``fxq.gptq``)
+        instead of to the nearest level."""
         super().__init__()
         if bits not in (8, 4):
             raise ValueError(f"weight-only linear supports 8 or 4 bits, not {bits}")
@@ -41,11 +45,16 @@ class WeightOnlyLinear(RebuildsKernelState):
         self.group_size = min(group_size, linear.in_features)
         weight = linear.weight.detach().float()
         columns = -(-self.in_features // self.group_size) * self.group_size  # pad the last group with zeros
-        grouped = F.pad(weight, (0, columns - self.in_features)).reshape(self.out_features, -1, self.group_size)
         top = 2 ** (bits - 1) - 1
-        scale = least_error_scales(grouped, top)
-        values = torch.clamp(torch.round(grouped / scale), -top - 1, top).to(torch.int8).reshape(self.out_features, -1)
-        self.register_buffer("scale", scale.squeeze(2))
+        if input_moments is None:
+            grouped = F.pad(weight, (0, columns - self.in_features)).reshape(self.out_features, -1, self.group_size)
+            scale = least_error_scales(grouped, top).squeeze(2)
+            values = torch.clamp(torch.round(grouped / scale[:, :, None]), -top - 1, top).to(torch.int8)
+            values = values.reshape(self.out_features, -1)[:, : self.in_features]
+        else:
+            values, scale = gptq_levels(weight, input_moments, bits, self.group_size, least_error_scales)
+        values = F.pad(values, (0, columns - self.in_features))  # the last group's padding, as zeros
+        self.register_buffer("scale", scale)
         self.register_buffer("qweight", _pack_int4(values) if bits == 4 else values)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self._repack()
