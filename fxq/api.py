@@ -30,6 +30,7 @@ from fxq.pass_manager import PassManager, PassRecord
 from fxq.precision import PrecisionPlan
 from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
 from fxq.runtime import EXAMPLES_KEY, check_runtime_name, install_runtime, keep_examples
+from fxq.torch_ao_objects import translate_mapping
 from fxq.tracing import TRACE_OPTIONS_KEY
 
 PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
@@ -51,7 +52,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
 
     Args:
         model: the float model; it is not modified.
-        qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``).
+        qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``); a qconfig dict
+            (``{"": qconfig, "object_type": [...], "module_name": [...]}``) and torch.ao's QConfigMapping and
+            QConfig objects are translated (``fxq.torch_ao_objects``).
         example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped), or a
             dict of keyword arguments (``model(**example_inputs)``, e.g. a tokenizer's output). See
             ``fxq.model_inputs``.
@@ -85,6 +88,7 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
     """``prepare``, or with ``training`` ``fxq.prepare_qat``: the same passes, the recipe without its
     calibration-statistics corrections, then ``fake-quantize``, in training mode."""
     get_backend(backend)
+    qconfig_mapping = translate_mapping(qconfig_mapping)  # a qconfig dict, or torch.ao's objects
     args, kwargs = split_call(example_inputs)
     with paused_gc():
         work = _eval_copy(model, "prepare_qat" if training else "prepare", warn_training=not training)
@@ -93,6 +97,10 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
                    "concrete_args": concrete_args}
         captured = capture_model(work, args, capture, example_kwargs=kwargs, **options)
         gm, example_inputs = captured.graph_module, captured.inputs
+        if not example_inputs and gm.graph.find_nodes(op="placeholder"):
+            raise ConfigError(f"example_inputs is empty, but {type(model).__name__}.forward takes inputs: pass a "
+                              "tuple of them (or a dict of keyword arguments); prepare runs them to learn which "
+                              "values are float tensors")
         add_properties(gm, frozenset({"traced"}))
         plan = precision if precision is None or isinstance(precision, PrecisionPlan) else PrecisionPlan(precision)
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,

@@ -46,7 +46,7 @@ def _check_arguments(cls: type[Observer], kwargs: dict[str, Any]) -> None:
     """Fail where the factory is written, not when prepare or convert first builds an observer: unknown options
     (with fxq's spelling of torch.ao's), and, once every required option is given, any setting the observer
     refuses (it is built once, here, to ask it)."""
-    parameters = _parameters(cls)
+    parameters = observer_parameters(cls)
     unknown = sorted(set(kwargs) - set(parameters))
     if unknown:
         raise ConfigError(f"{cls.__name__}.with_args got {', '.join(unknown)}, which {cls.__name__} does not take"
@@ -59,7 +59,7 @@ def _check_arguments(cls: type[Observer], kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"{cls.__name__}.with_args({settings}): {err}") from err
 
 
-def _parameters(cls: type[Observer]) -> dict[str, bool]:
+def observer_parameters(cls: type[Observer]) -> dict[str, bool]:
     """Keyword name -> required, over the ``__init__`` of ``cls`` and of the classes it passes ``**kwargs`` on to."""
     parameters: dict[str, bool] = {}
     for klass in cls.__mro__:
