@@ -18,7 +18,7 @@ import torch
 from fxq import observers
 from fxq.errors import ConfigError
 from fxq.observers.base import Observer, ObserverFactory, observer_parameters
-from fxq.qconfig import QConfig
+from fxq.qconfig import QConfig, get_default_dynamic_qconfig
 from fxq.qconfig_mapping import QConfigMapping
 
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
@@ -80,10 +80,27 @@ def translate_qconfig(qconfig: Any) -> QConfig | None:
         return qconfig
     if not (hasattr(qconfig, "activation") and hasattr(qconfig, "weight")):
         raise ConfigError(f"expected a QConfig (fxq's or torch.ao's), got {type(qconfig).__name__} {qconfig!r}")
-    weight = None if qconfig.weight is None else translate_observer(qconfig.weight)
-    if isinstance(weight, ObserverFactory) and weight.cls is observers.PlaceholderObserver:
-        weight = None  # torch.ao's float32 placeholder: the weight is not quantized
-    return QConfig(activation=translate_observer(qconfig.activation), weight=weight)
+    return float16_or(QConfig(activation=translate_observer(qconfig.activation),
+                              weight=None if qconfig.weight is None else translate_observer(qconfig.weight)))
+
+
+def float16_or(qconfig: QConfig) -> QConfig:
+    """``qconfig``, with torch.ao's placeholder spellings made fxq's: float16 activations and weights (torch.ao's
+    ``float16_static_qconfig``) become fxq's fp16 precision (float16 weights on fbgemm's fp16 kernel, float
+    activations: no CPU kernel takes float16 activations), and a float32 placeholder weight means no weight
+    quantization."""
+    activation, weight = (_placeholder_dtype(factory) for factory in (qconfig.activation, qconfig.weight))
+    if activation == torch.float16 and weight == torch.float16:
+        return get_default_dynamic_qconfig(torch.float16)
+    if weight == torch.float32:
+        return QConfig(activation=qconfig.activation, weight=None)
+    return qconfig
+
+
+def _placeholder_dtype(factory: Any) -> torch.dtype | None:
+    if isinstance(factory, ObserverFactory) and factory.cls is observers.PlaceholderObserver:
+        return factory.kwargs.get("dtype", torch.float32)  # torch.ao's placeholder default
+    return None
 
 
 def translate_observer(factory: Any) -> Any:
@@ -120,6 +137,8 @@ def observer_factory(name: str, kwargs: dict[str, Any]) -> ObserverFactory:
             name = _PER_CHANNEL_TWIN.get(name, name)
         else:
             name = {twin: plain for plain, twin in _PER_CHANNEL_TWIN.items()}.get(name, name)
+    if name == "PlaceholderObserver":
+        options.setdefault("dtype", torch.float32)  # torch.ao's default (fxq's placeholder defaults to float16)
     cls = getattr(observers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Observer)):
         known = sorted(n for n in observers.__all__ if n.endswith("Observer"))

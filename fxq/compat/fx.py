@@ -18,7 +18,7 @@ from torch.fx import GraphModule
 
 import fxq
 from fxq.errors import ConfigError
-from fxq.graph_pass import PassContext
+from fxq.graph_pass import PassContext, add_properties
 from fxq.pass_manager import PassManager
 from fxq.qconfig_mapping import QConfigMapping
 from fxq.tracing import trace
@@ -133,6 +133,7 @@ def fuse_fx(model: nn.Module, fuse_custom_config=None, backend_config=None) -> G
                      leaf_module_types=config.non_traceable_module_classes)  # fusing folds weights: a copy
     context = PassContext(qconfig_mapping=QConfigMapping(), backend=native_backend(), example_inputs=(),
                           original=model, training=model.training)
+    add_properties(captured.graph_module, frozenset({"traced"}))
     fused = PassManager(["normalize", "fuse"]).run(captured.graph_module, context).graph_module
     _preserve(model, fused, config.preserved_attributes)
     return fused

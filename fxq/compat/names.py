@@ -13,7 +13,7 @@ from fxq.observers.base import ObserverFactory
 from fxq.qconfig import get_default_dynamic_qconfig
 from fxq.qconfig import get_default_qconfig as _fxq_default_qconfig
 from fxq.qconfig_mapping import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
-from fxq.torch_ao_objects import observer_factory, translate_observer, translate_qconfig
+from fxq.torch_ao_objects import float16_or, observer_factory, translate_observer, translate_qconfig
 
 
 class TorchAoObserverName:
@@ -51,7 +51,8 @@ float16_dynamic_qconfig = get_default_dynamic_qconfig(torch.float16)
 
 def QConfig(activation, weight=None) -> fxq.QConfig:  # noqa: N802 - torch.ao's name for its QConfig class
     """fxq's QConfig from torch.ao-style factories (these names, torch.ao's own partials, or fxq's)."""
-    return fxq.QConfig(activation=_factory(activation), weight=None if weight is None else _factory(weight))
+    return float16_or(fxq.QConfig(activation=_factory(activation),
+                                  weight=None if weight is None else _factory(weight)))
 
 
 def _factory(value):

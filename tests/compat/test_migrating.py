@@ -124,3 +124,39 @@ def _with_qconfig(model):
 
     model.qconfig = get_default_qconfig("x86")
     return model
+
+
+def test_fuse_fx_gives_the_fused_float_graph_and_leaves_the_model_alone():
+    from fxq.compat import fuse_fx
+
+    model = trained_like(StubbedCNN())
+    fused = fuse_fx(model)
+    kinds = {type(module).__name__ for module in fused.modules()}
+    assert "ConvReLU2d" in kinds and "BatchNorm2d" not in kinds  # the norm folded into the conv
+    assert isinstance(model.bn, nn.BatchNorm2d)
+    x = images(4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_float16_static_qconfig_gets_fp16_weights_on_the_fp16_kernel():
+    from fxq.compat import (
+        PlaceholderObserver,
+        QConfig,
+        QConfigMapping,
+        convert_fx,
+        get_default_qconfig,
+        prepare_fx,
+    )
+
+    float16_static_qconfig = QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float16),
+                                     weight=PlaceholderObserver.with_args(dtype=torch.float16))
+    model = trained_like(PlainCNN())
+    qconfig_mapping = QConfigMapping().set_global(get_default_qconfig("x86")).set_object_type(
+        nn.Linear, float16_static_qconfig)
+    prepared = prepare_fx(model, qconfig_mapping, (images(1, 0),))
+    prepared(images(8, 1))
+    quantized = convert_fx(prepared)
+    assert quantized.fc.fp16  # fp16 weights; no CPU kernel takes float16 activations (docs/migrating.md)
+    with torch.no_grad():
+        assert sqnr_db(model(images(8, 2)), quantized(images(8, 2))) >= 25

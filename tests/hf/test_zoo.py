@@ -1,5 +1,6 @@
-"""Fourteen Hugging Face families, unchanged, through static (capture="auto"), dynamic and weight-only
-quantization, each against its float model on held-out inputs."""
+"""Hugging Face families, unchanged, through static (capture="auto"; ten families), dynamic and weight-only
+quantization (thirteen: all but ResNet, which has no Linear), each against its float model on held-out
+inputs."""
 
 import warnings
 
@@ -18,11 +19,16 @@ def _sqnr(float_model, quantized, family):
         return sqnr_db(main_output(float_model(x)), main_output(quantized(x)))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# ten of the families (export takes 1-3 s a model); RoBERTa, ELECTRA and Mistral share their graphs' shape with
+# BERT and Llama, and ResNet is the CNN case the rest of the suite covers
+STATIC = ["bert", "distilbert", "albert", "t5-encoder", "llama", "qwen2", "phi", "gpt2", "vit", "convnext"]
+
+
+@pytest.mark.parametrize("family", STATIC)
 def test_static_int8_by_auto_capture(family):
     float_model = model(family)
     quantized = fxq.quantize(float_model, (inputs(family, 0),), [(inputs(family, seed),) for seed in range(1, 5)],
-                             capture="auto")
+                             capture="auto", runtime="graph")  # the runtime choice is tested elsewhere
     assert quantized.meta["fxq_capture"]["how"] == "export"  # none of them traces symbolically
     assert fxq.report_of(quantized).quantized
     assert _sqnr(float_model, quantized, family) >= 20  # measured 29.0 (llama) to 64.0 (distilbert)
