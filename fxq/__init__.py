@@ -10,6 +10,7 @@
 from fxq import observers
 from fxq.annotation import NodeInfo, info
 from fxq.api import convert, pass_records, prepare, quantize, report_of
+from fxq.benchmark import BenchmarkResult, benchmark
 from fxq.dump import Comparison, LayerError, NodeRow, ObserverRow, compare, inspect, observer_summary
 from fxq.dynamic import Dynamic, DynamicReport, WeightOnly, quantize_dynamic
 from fxq.errors import (
@@ -38,10 +39,10 @@ from fxq.tuning import TuneResult, tune
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANY", "CalibrationError", "Comparison", "ConfigError", "Dynamic", "DynamicReport", "WeightOnly", "FxqError", "FxqWarning", "GraphPass", "InputError", "LoadError", "LayerError",
+    "ANY", "BenchmarkResult", "CalibrationError", "Comparison", "ConfigError", "Dynamic", "DynamicReport", "WeightOnly", "FxqError", "FxqWarning", "GraphPass", "InputError", "LoadError", "LayerError",
     "NodeInfo", "NodeRow", "ObserverRow", "PassContext", "PassError", "PassManager", "PassOrderError", "Pattern",
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
-    "report_of", "save", "load", "trace", "export", "tune", "TuneResult", "prepare_qat",
+    "report_of", "save", "load", "trace", "export", "tune", "TuneResult", "prepare_qat", "benchmark",
 ]

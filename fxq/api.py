@@ -16,7 +16,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.annotation import copy_graph_module
-from fxq.backends import get_backend
+from fxq.backends import get_backend, native_backend
 from fxq.capture import capture as capture_model
 from fxq.converted import ConvertedGraphModule, as_converted
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
@@ -44,7 +44,7 @@ RECORDS_KEY = "fxq_records"
 _LEAVES_KEY = "fxq_float_leaves"
 
 
-def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str = "reference",
+def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str | None = None,
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
             concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
             recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None) -> GraphModule:
@@ -58,8 +58,9 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str =
         example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped), or a
             dict of keyword arguments (``model(**example_inputs)``, e.g. a tokenizer's output). See
             ``fxq.model_inputs``.
-        backend: the backend whose table decides what is quantized: "reference" (explicit quantize/dequantize
-            around float ops), "x86" or "qnnpack" (native int8 kernels).
+        backend: the backend whose table decides what is quantized: "x86" or "qnnpack" (native int8 kernels), or
+            "reference" (explicit quantize/dequantize around float ops, to read the math). Default: the native
+            one for torch's quantized engine (``fxq.backends.native_backend``: x86, or qnnpack on ARM builds).
         leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
         concrete_args: forward arguments to fix to Python values while tracing.
         capture: "fx" (symbolic tracing), "export" (``torch.export``, for models tracing cannot follow, such as
@@ -87,6 +88,7 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
              concrete_args, keep_snapshots: bool, capture: str, recipe, precision, training: bool) -> GraphModule:
     """``prepare``, or with ``training`` ``fxq.prepare_qat``: the same passes, the recipe without its
     calibration-statistics corrections, then ``fake-quantize``, in training mode."""
+    backend = backend if backend is not None else native_backend()
     get_backend(backend)
     qconfig_mapping = translate_mapping(qconfig_mapping)  # a qconfig dict, or torch.ao's objects
     args, kwargs = split_call(example_inputs)
@@ -191,7 +193,7 @@ def _check_convertible(prepared) -> None:
                           "model with fxq.prepare(), and keep prepared models with fxq.save or copy.deepcopy")
 
 
-def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str = "x86",
+def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, backend: str | None = None,
              qconfig_mapping=None, runtime: str = "auto", **prepare_options) -> GraphModule:
     """Static post-training quantization in one call: prepare, calibrate, convert, and report.
 
@@ -211,6 +213,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     from fxq.report import REPORT_KEY, build_report
 
     check_runtime_name(runtime)
+    backend = backend if backend is not None else native_backend()
     mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
     prepared = prepare(model, mapping, example_inputs, backend=backend, **prepare_options)
     batches = 0

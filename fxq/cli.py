@@ -19,7 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="train a small CNN on the digits data set, quantize it, report")
     demo.add_argument("--epochs", type=int, default=8, help="training epochs for the float model")
     demo.add_argument("--seed", type=int, default=0)
-    bench = commands.add_parser("bench", help="int8 latency/size/accuracy vs fp32 and torch.ao, in one run")
+    bench = commands.add_parser("bench", help="int8 latency/size/accuracy vs fp32 and torch.ao, in one run; or "
+                                              "your model: fxq bench package.module:factory --input-shape ...")
+    bench.add_argument("target", nargs="?", help="your model (package.module:factory), quantized with fxq.quantize's "
+                                                 "defaults and measured against its float form")
+    from fxq.tools.dump import add_input_arguments
+
+    add_input_arguments(bench)
+    bench.add_argument("--calibration", help="with TARGET: number of random calibration batches, or a .pt file "
+                                             "with a list of batches")
+    bench.add_argument("--backend", default="x86", help="with TARGET: reference, x86 or qnnpack")
+    bench.add_argument("--capture", choices=("fx", "export", "auto"), default="auto", help="with TARGET")
     bench.add_argument("--models", default="resnet18,mobilenet_v2,bert,digits",
                        help="comma-separated: resnet18, mobilenet_v2, bert, digits, hf_bert (needs transformers)")
     bench.add_argument("--threads", type=int, default=2)
@@ -63,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from fxq.tools.bench import run_bench, run_compile_bench, run_dump_bench, run_dynamic_bench
 
+        if args.target:
+            from fxq.tools.bench_target import run_target_bench
+
+            return run_target_bench(args)
         if args.fuzz is not None:
             from fxq.tools.fuzz import run_fuzz
 

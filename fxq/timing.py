@@ -3,7 +3,8 @@
 Rounds alternate between the variants (rotating their order) so slow drifts of the machine hit all alike. Inside a
 round each variant runs once untimed before its timed call: otherwise a variant is timed with the caches the
 previous variant left behind, and whichever one more often follows the big fp32 model looks slower. Used by
-``fxq bench`` and by the runtime choice (``fxq.runtime``).
+``fxq bench``, ``fxq.benchmark`` and the runtime choice (``fxq.runtime``). Every printed timing comes with
+``cpu_flags_line()``: the same code can run 2x apart on two CPUs.
 """
 
 from __future__ import annotations
@@ -31,3 +32,18 @@ def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, war
                 variants[name]()
                 samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1000 for name, values in samples.items()}
+
+
+def cpu_flags_line() -> str:
+    """The CPU's model and int8-relevant ISA flags: x86 kernels and their speed differ with VNNI and AVX-512, and
+    between vendors (fbgemm's AVX2 int8 linear is ~5x fp32 on the Intel machine this was first measured on, ~2.4x
+    on an AMD EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return "cpu flags: unknown (no /proc/cpuinfo)"
+    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+    return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)

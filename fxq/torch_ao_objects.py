@@ -30,18 +30,15 @@ _PER_CHANNEL_TWIN = {"MinMaxObserver": "PerChannelMinMaxObserver",
 _IGNORED = ("eps", "factory_kwargs", "upsample_rate")
 
 
-def is_torch_ao(value: Any) -> bool:
-    """Whether ``value`` (or, for a partial, what it builds) comes from torch.ao / torch.quantization."""
-    target = _partial_target(value)[0] if _partial_target(value) else value
-    module = getattr(target, "__module__", "") or getattr(type(target), "__module__", "")
-    return module.startswith(("torch.ao.quantization", "torch.quantization"))
+def _from_torch_ao(value: Any) -> bool:
+    return type(value).__module__.startswith(("torch.ao.quantization", "torch.quantization"))
 
 
 def translate_mapping(mapping: Any) -> Any:
     """fxq's QConfigMapping for a torch.ao QConfigMapping or a qconfig dict; anything else unchanged."""
     if isinstance(mapping, dict):
         return QConfigMapping.from_dict({key: _translate_rules(key, value) for key, value in mapping.items()})
-    if not is_torch_ao(mapping) or not hasattr(mapping, "object_type_qconfigs"):
+    if not _from_torch_ao(mapping) or not hasattr(mapping, "object_type_qconfigs"):
         return mapping
     result = QConfigMapping()
     if mapping.global_qconfig is not None:

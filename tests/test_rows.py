@@ -7,7 +7,7 @@ import fxq
 def test_rows_show_fusion_rules_status_and_qparams():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2)).eval()
     mapping = fxq.get_default_qconfig_mapping("reference").set_module_name("3", None)
-    prepared = fxq.prepare(model, mapping, (torch.randn(1, 4),))
+    prepared = fxq.prepare(model, mapping, (torch.randn(1, 4),), backend="reference")
     prepared(torch.randn(8, 4))
     rows = {row.name: row for row in fxq.inspect(prepared)}
     assert list(rows) == ["_0", "_2", "_3"]  # observers are hidden

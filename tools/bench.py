@@ -25,10 +25,11 @@ from tabulate import tabulate
 from torch import nn
 
 import fxq
+from fxq.errors import ConfigError
 from fxq.metrics import sqnr_db
 from fxq.report import serialized_size
 from fxq.runtime import install_runtime
-from fxq.timing import time_interleaved
+from fxq.timing import cpu_flags_line, time_interleaved
 
 
 @dataclass
@@ -56,6 +57,10 @@ def _cases(names: list[str]) -> list[Case]:
         "digits": _digits_case,
         "hf_bert": _hf_bert_case,
     }
+    unknown = [name for name in names if name not in makers]
+    if unknown:
+        raise ConfigError(f"--models {','.join(unknown)}: the built-in models are {', '.join(makers)}; to measure "
+                          "your own, run fxq bench package.module:factory --input-shape ...")
     return [makers[name]() for name in names]
 
 
@@ -91,21 +96,6 @@ def _hf_bert_case() -> Case:
 
     return Case("HF BertModel seq 128 (capture=auto)", build, batches(4, 1), batches(2, 2), capture="auto",
                 ort_inputs=None)
-
-
-def cpu_flags_line() -> str:
-    """The CPU's model and int8-relevant ISA flags: x86 kernels and their speed differ with VNNI and AVX-512, and
-    between vendors (fbgemm's AVX2 int8 linear is ~5x fp32 on the Intel machine this was first measured on, ~2.4x
-    on an AMD EPYC)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.readlines()
-    except OSError:
-        return "cpu flags: unknown (no /proc/cpuinfo)"
-    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
 def _outputs(model: nn.Module, batches: list[tuple]) -> torch.Tensor:

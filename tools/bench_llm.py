@@ -29,12 +29,12 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from fxq.tools.bench import cpu_flags_line
 from tabulate import tabulate
 from torch import nn
 
 import fxq
 from fxq.metrics import sqnr_db
+from fxq.timing import cpu_flags_line
 
 SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32,
              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=256, tie_word_embeddings=False)

@@ -14,14 +14,13 @@ import warnings
 from functools import partial
 
 import torch
-from fxq.tools.bench import cpu_flags_line
 from fxq.tools.ort_peer import ort_static_int8
 from fxq.tools.sentences import HELD_OUT_SENTENCES, SENTENCES
 from tabulate import tabulate
 from torch import nn
 
 import fxq
-from fxq.timing import time_interleaved
+from fxq.timing import cpu_flags_line, time_interleaved
 
 CALIBRATION_SENTENCES = 24
 TUNE_MAX_DROP = 0.005

@@ -16,7 +16,6 @@ import time
 import warnings
 
 import torch
-from fxq.tools.bench import cpu_flags_line
 from fxq.tools.bench_qat_minilm import describe, minilm_qat_rows
 from fxq.tools.demo import accuracy, load_digits_tensors, train_digits_cnn
 from tabulate import tabulate
@@ -24,6 +23,7 @@ from torch import nn
 
 import fxq
 from fxq.observers import HistogramObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
+from fxq.timing import cpu_flags_line
 
 EPOCHS, LR, BATCH, SEEDS = 3, 5e-4, 64, 8
 

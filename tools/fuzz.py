@@ -370,7 +370,7 @@ def run_fuzz(count: int, backends: list[str], seed: int = 0, floor: float = SQNR
              out=sys.stdout) -> int:
     """``fxq bench --fuzz``: ``count`` seeds per backend; a summary, the SQNR spread, one shrunk reproducer
     per kind of failure. Non-zero exit status if anything crashed or was wrong."""
-    from fxq.tools.bench import cpu_flags_line
+    from fxq.timing import cpu_flags_line
 
     print(f"{cpu_flags_line()}; 1 thread (the models are tiny: more threads only add overhead)", file=out)
     cases = [build_model(s) for s in range(seed, seed + count)]

@@ -19,6 +19,15 @@ def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
 
 
+def native_backend() -> str:
+    """The backend whose int8 kernels this machine's torch runs: "qnnpack" when torch's quantized engine is
+    qnnpack (ARM builds, or set by the user), else "x86" (fbgemm / x86 engines). The default of ``prepare``,
+    ``quantize`` and ``prepare_qat``."""
+    import torch
+
+    return "qnnpack" if torch.backends.quantized.engine == "qnnpack" else "x86"
+
+
 def get_backend(name: str | Backend) -> Backend:
     """The backend called ``name`` (or ``name`` itself if it is a Backend)."""
     if isinstance(name, Backend):
@@ -29,4 +38,4 @@ def get_backend(name: str | Backend) -> Backend:
     return _BACKENDS[key]
 
 
-__all__ = ["Backend", "Observation", "OpSupport", "get_backend", "register_backend"]
+__all__ = ["Backend", "Observation", "OpSupport", "get_backend", "native_backend", "register_backend"]

@@ -23,7 +23,6 @@ from fxq.compat.fx import (
     convert_fx,
     convert_to_reference_fx,
     fuse_fx,
-    native_backend,
     prepare_fx,
     prepare_qat_fx,
 )
@@ -55,5 +54,5 @@ __all__ = [
     "convert_to_reference_fx", "default_dynamic_qconfig", "default_histogram_observer", "default_observer",
     "default_per_channel_weight_observer", "default_weight_observer", "float16_dynamic_qconfig", "fuse_fx",
     "fuse_modules", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig",
-    "get_default_qconfig_mapping", "native_backend", "prepare", "prepare_fx", "prepare_qat_fx", "quantize_dynamic",
+    "get_default_qconfig_mapping", "prepare", "prepare_fx", "prepare_qat_fx", "quantize_dynamic",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import fxq
-from fxq.compat.fx import native_backend
+from fxq.backends import native_backend
 from fxq.errors import CalibrationError, ConfigError
 from fxq.nn.fold import fold_batch_norm
 from fxq.nn.fused import fused_with_relu, layer_bn_unit

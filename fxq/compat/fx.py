@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
 from torch import nn
 from torch.fx import GraphModule
 
 import fxq
+from fxq.backends import native_backend
 from fxq.errors import ConfigError
 from fxq.graph_pass import PassContext, add_properties
 from fxq.pass_manager import PassManager
@@ -24,11 +24,6 @@ from fxq.qconfig_mapping import QConfigMapping
 from fxq.tracing import trace
 
 _PRESERVED_KEY = "fxq_preserved_attributes"
-
-
-def native_backend() -> str:
-    """The fxq backend for torch's current quantized engine: "qnnpack", or "x86" (fbgemm and x86 engines)."""
-    return "qnnpack" if torch.backends.quantized.engine == "qnnpack" else "x86"
 
 
 class PrepareCustomConfig:

@@ -14,7 +14,7 @@ from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
 from fxq.recipes import Recipe
 
 
-def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, backend: str = "x86",
+def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, backend: str | None = None,
                 leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
                 concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
                 recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None) -> GraphModule:
@@ -37,8 +37,10 @@ def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, 
         ConfigError, TraceError: as ``fxq.prepare``.
     """
     from fxq.api import _prepare
+    from fxq.backends import native_backend
     from fxq.qconfig_mapping import get_default_qat_qconfig_mapping
 
+    backend = backend if backend is not None else native_backend()
     if qconfig_mapping is None:
         qconfig_mapping = get_default_qat_qconfig_mapping(backend if backend != "fbgemm" else "x86")
     return _prepare(model, qconfig_mapping, example_inputs, backend=backend, leaf_modules=leaf_modules,

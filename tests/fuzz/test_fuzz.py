@@ -1,4 +1,4 @@
-"""The random-model fuzzer: fxq quantizes 300 generated models per backend without a crash or a wrong result,
+"""The random-model fuzzer: fxq quantizes 240 generated models per backend without a crash or a wrong result,
 and the generator and shrinker behind that claim do what they say."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fxq.tools.fuzz import (
 )
 from fxq.tools.fuzz_models import VOCABULARY, build_model
 
-SEEDS = range(300)
+SEEDS = range(240)  # about 0.28 s a model per backend: 3 x 240 is a third of the suite
 
 
 @functools.cache
