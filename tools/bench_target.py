@@ -23,6 +23,6 @@ def run_target_bench(args: argparse.Namespace) -> int:
                           "';') or --example-inputs FILE.pt")
     quantized = fxq.quantize(model, example, calibration_batches(args.calibration, example), backend=args.backend,
                              capture=args.capture)
-    print(fxq.report_of(quantized).__str__().splitlines()[0])
+    print(str(fxq.report_of(quantized)).splitlines()[0])  # the counts and sizes line
     print(fxq.benchmark(model, quantized, example, threads=args.threads, rounds=args.rounds or 20))
     return 0
