@@ -49,9 +49,12 @@ def _run(gm: GraphModule, example_inputs: tuple) -> dict[Node, object]:
     try:
         with torch.no_grad():
             recorder.run(*example_inputs)
-    except Exception as err:
-        raise TraceError(f"running the example inputs through the captured graph failed: {type(err).__name__}: "
-                         f"{err}; check that example_inputs match the model's forward signature") from err
+    except Exception as err:  # torch appends lines of its own (graph dumps, tooling hints): keep the first
+        first = (str(err).strip().splitlines() or [""])[0]
+        at = f" at node {recorder.current.name!r}" if recorder.current is not None else ""
+        raise TraceError(f"running the example inputs through the captured graph failed{at}: "
+                         f"{type(err).__name__}: {first}; check that example_inputs match the model's forward "
+                         "signature and shapes") from err
     return recorder.seen
 
 
@@ -87,8 +90,10 @@ class _Recorder(Interpreter):
     def __init__(self, gm: GraphModule) -> None:
         super().__init__(gm)
         self.seen: dict[Node, object] = {}
+        self.current: Node | None = None
 
     def run_node(self, node: Node):
+        self.current = node
         result = super().run_node(node)
         self.seen[node] = _describe(result)
         return result

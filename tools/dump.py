@@ -10,6 +10,7 @@ tensor or a tuple of tensors); calibration batches from ``--calibration N`` (ran
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import os
@@ -27,7 +28,7 @@ from fxq.dump import compare, inspect
 from fxq.dump.diff import diff_graphs
 from fxq.dump.json_format import SCHEMA, VERSION, to_json
 from fxq.dump.text import render_rows
-from fxq.errors import ConfigError
+from fxq.errors import ConfigError, FxqError
 from fxq.graph_pass import PassContext, add_properties
 from fxq.shapes import record_values
 
@@ -156,7 +157,8 @@ def build_dump(args: argparse.Namespace) -> Dump:
     calibration = calibration_batches(args.calibration, example)
     name = type(model).__name__
     if args.after or args.after_all or stage in ("traced", "fused"):
-        traced = capture(copy.deepcopy(model).eval(), example, args.capture).graph_module
+        with _model_errors(f"the example inputs ({_shapes(example)})", "check --input-shape / --example-inputs"):
+            traced = capture(copy.deepcopy(model).eval(), example, args.capture).graph_module
         if args.after or args.after_all:
             return _per_pass_dump(model, name, traced, example, calibration, args)
         if stage == "traced":
@@ -164,7 +166,7 @@ def build_dump(args: argparse.Namespace) -> Dump:
         fused = _fuse(traced, example, args.backend)
         return Dump(name, stage, args.backend, fused, _rows(fused, example))
     mapping = _mapping(args)
-    prepared = fxq.prepare(model, mapping, example, backend=args.backend, capture=args.capture)
+    prepared = _prepare(model, mapping, example, args)
     if stage == "prepared":
         return Dump(name, stage, args.backend, prepared, _rows(prepared, example, copy_first=True))
     _calibrate(prepared, calibration)
@@ -178,8 +180,7 @@ def build_dump(args: argparse.Namespace) -> Dump:
 
 def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tuple, calibration: list,
                    args: argparse.Namespace) -> Dump:
-    prepared = fxq.prepare(model, _mapping(args), example, backend=args.backend, keep_snapshots=True,
-                           capture=args.capture)
+    prepared = _prepare(model, _mapping(args), example, args, keep_snapshots=True)
     _calibrate(prepared, calibration)
     converted = fxq.convert(prepared, keep_snapshots=True, runtime="graph")
     records = fxq.pass_records(converted)
@@ -231,8 +232,33 @@ def _fuse(traced: GraphModule, example: tuple, backend: str) -> GraphModule:
 
 def _calibrate(prepared: GraphModule, batches: list) -> None:
     with torch.no_grad():
-        for batch in batches:
-            prepared(*batch)
+        for index, batch in enumerate(batches):
+            with _model_errors(f"calibration batch {index} ({_shapes(batch)})", "batches must fit the model as "
+                               "the example inputs do"):
+                prepared(*batch)
+
+
+def _prepare(model: nn.Module, mapping, example: tuple, args: argparse.Namespace, **options) -> GraphModule:
+    with _model_errors(f"the example inputs ({_shapes(example)})", "check --input-shape / --example-inputs"):
+        return fxq.prepare(model, mapping, example, backend=args.backend, capture=args.capture, **options)
+
+
+@contextlib.contextmanager
+def _model_errors(what: str, fix: str):
+    """A failure of the model's own code on ``what`` becomes one ConfigError line (fxq's errors pass as they are;
+    torch's multi-line reports and their tooling hints are cut to their first line)."""
+    try:
+        yield
+    except FxqError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the model's code may raise anything
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ConfigError(f"the model fails on {what}: {type(err).__name__}: {first}; {fix}") from err
+
+
+def _shapes(values: tuple) -> str:
+    return ", ".join("x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+                     for value in values)
 
 
 def _mapping(args: argparse.Namespace):
@@ -267,7 +293,11 @@ def example_inputs(shape_text: str | None, path: str | None, dtype_name: str = "
     tensors saved in ``path``."""
     if path:
         loaded = torch.load(path, weights_only=False)
-        return loaded if isinstance(loaded, tuple) else (loaded,)
+        inputs = tuple(loaded) if isinstance(loaded, (tuple, list)) else (loaded,)
+        if not all(isinstance(value, torch.Tensor) for value in inputs):
+            kinds = ", ".join(type(value).__name__ for value in inputs)
+            raise ConfigError(f"--example-inputs {path}: expected a tensor or a tuple/list of tensors, got {kinds}")
+        return inputs
     if not shape_text:
         return None
     try:
@@ -288,11 +318,16 @@ def calibration_batches(spec: str | None, example: tuple) -> list[tuple]:
     """``spec`` random batches shaped like ``example``, or the list of batches saved in the file ``spec``."""
     if spec and os.path.exists(spec):
         loaded = torch.load(spec, weights_only=False)
-        return [batch if isinstance(batch, tuple) else (batch,) for batch in loaded]
+        if isinstance(loaded, torch.Tensor):  # one tensor is one batch, not a list of its rows
+            return [(loaded,)]
+        return [tuple(batch) if isinstance(batch, (tuple, list)) else (batch,) for batch in loaded]
     try:
         count = int(spec) if spec else DEFAULT_CALIBRATION
     except ValueError:
         raise ConfigError(f"--calibration {spec!r} is neither a number of batches nor a file") from None
+    if count < 1:
+        raise ConfigError(f"--calibration {spec}: give at least 1 batch (a number of random batches, or a .pt file "
+                          "with a list of batches)")
     generator = torch.Generator().manual_seed(1)
     return [tuple(torch.randn(t.shape, generator=generator).to(t.dtype) if t.is_floating_point()
                   else torch.randint(0, 100, t.shape, generator=generator, dtype=t.dtype) for t in example)
