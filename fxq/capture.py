@@ -28,7 +28,7 @@ from torch.fx import GraphModule
 from torch.utils import _pytree as pytree
 
 from fxq.annotation import info
-from fxq.errors import ConfigError, FxqWarning, TraceError
+from fxq.errors import ConfigError, FxqWarning, TraceError, first_line
 from fxq.model_inputs import as_positional
 from fxq.tracing import Captured, trace
 
@@ -102,8 +102,8 @@ def export(model: nn.Module, example_inputs: tuple, example_kwargs: dict | None 
     try:
         program = _export_batch_free(model, args, {**user_kwargs, **fixed})
     except Exception as err:  # torch raises many kinds; all mean "cannot capture"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TraceError(f"torch.export cannot capture {type(model).__name__}: {type(err).__name__}: {first}") \
+        raise TraceError(f"torch.export cannot capture {type(model).__name__}: {type(err).__name__}: "
+                         f"{first_line(err)}") \
             from err
     gm = program.module()
     gm.validate_inputs = False  # its check wants the example's exact call form; Python binds names, guards sizes

@@ -7,6 +7,12 @@ act on it without reading fxq's source. All derive from `FxqError`, so one `exce
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): torch appends graph dumps and
+    tooling hints that the chained original keeps anyway."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class FxqError(Exception):
     """Base class of every error fxq raises on bad input or an impossible request."""
 

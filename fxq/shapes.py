@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 
-from fxq.errors import TraceError
+from fxq.errors import TraceError, first_line
 
 VALUE_KEY = "fxq_value"
 
@@ -49,11 +49,10 @@ def _run(gm: GraphModule, example_inputs: tuple) -> dict[Node, object]:
     try:
         with torch.no_grad():
             recorder.run(*example_inputs)
-    except Exception as err:  # torch appends lines of its own (graph dumps, tooling hints): keep the first
-        first = (str(err).strip().splitlines() or [""])[0]
+    except Exception as err:
         at = f" at node {recorder.current.name!r}" if recorder.current is not None else ""
         raise TraceError(f"running the example inputs through the captured graph failed{at}: "
-                         f"{type(err).__name__}: {first}; check that example_inputs match the model's forward "
+                         f"{type(err).__name__}: {first_line(err)}; check that example_inputs match the model's forward "
                          "signature and shapes") from err
     return recorder.seen
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.fx import GraphModule, Tracer
 
 from fxq.annotation import info, leave_float
-from fxq.errors import ConfigError, FxqWarning, TraceError
+from fxq.errors import ConfigError, FxqWarning, TraceError, first_line
 
 TRACE_OPTIONS_KEY = "fxq_trace_options"  # prepare keeps its trace options here, so tools trace the float model alike
 
@@ -162,8 +162,7 @@ def _record_scopes(gm: GraphModule, root: nn.Module) -> None:
 
 def _float_leaf(model: nn.Module, path: str, error: BaseException) -> FloatLeaf:
     module = model.get_submodule(path) if path else model
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return FloatLeaf(path, type(module).__name__, f"{type(error).__name__}: {first_line}",
+    return FloatLeaf(path, type(module).__name__, f"{type(error).__name__}: {first_line(error)}",
                      _user_location(error))
 
 

@@ -28,7 +28,7 @@ from fxq.dump import compare, inspect
 from fxq.dump.diff import diff_graphs
 from fxq.dump.json_format import SCHEMA, VERSION, to_json
 from fxq.dump.text import render_rows
-from fxq.errors import ConfigError, FxqError
+from fxq.errors import ConfigError, FxqError, first_line
 from fxq.graph_pass import PassContext, add_properties
 from fxq.shapes import record_values
 
@@ -252,8 +252,7 @@ def _model_errors(what: str, fix: str):
     except FxqError:
         raise
     except Exception as err:  # noqa: BLE001 - the model's code may raise anything
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise ConfigError(f"the model fails on {what}: {type(err).__name__}: {first}; {fix}") from err
+        raise ConfigError(f"the model fails on {what}: {type(err).__name__}: {first_line(err)}; {fix}") from err
 
 
 def _shapes(values: tuple) -> str:

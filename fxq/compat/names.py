@@ -87,11 +87,7 @@ def get_default_qconfig(backend: str = "x86", version: int = 0) -> fxq.QConfig:
 def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> fxq.QConfig:
     """fxq's default QAT qconfig for ``backend`` (what ``get_default_qat_qconfig_mapping`` applies globally)."""
     _check_version(version, 0, 1)
-    return get_default_qat_qconfig_mapping(_backend(backend)).global_qconfig
-
-
-def _backend(backend: str) -> str:
-    return "x86" if backend == "fbgemm" else backend
+    return get_default_qat_qconfig_mapping(backend).global_qconfig
 
 
 def _check_version(version: int, *known: int) -> None:

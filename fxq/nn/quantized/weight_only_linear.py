@@ -46,14 +46,14 @@ class WeightOnlyLinear(RebuildsKernelState):
         weight = linear.weight.detach().float()
         columns = -(-self.in_features // self.group_size) * self.group_size  # pad the last group with zeros
         top = 2 ** (bits - 1) - 1
+        grouped = F.pad(weight, (0, columns - self.in_features)).reshape(self.out_features, -1, self.group_size)
+        scale = least_error_scales(grouped, top).squeeze(2)
         if input_moments is None:
-            grouped = F.pad(weight, (0, columns - self.in_features)).reshape(self.out_features, -1, self.group_size)
-            scale = least_error_scales(grouped, top).squeeze(2)
             values = torch.clamp(torch.round(grouped / scale[:, :, None]), -top - 1, top).to(torch.int8)
-            values = values.reshape(self.out_features, -1)[:, : self.in_features]
+            values = values.reshape(self.out_features, -1)
         else:
-            values, scale = gptq_levels(weight, input_moments, bits, self.group_size, least_error_scales)
-        values = F.pad(values, (0, columns - self.in_features))  # the last group's padding, as zeros
+            values = gptq_levels(weight, input_moments, scale, bits, self.group_size)
+            values = F.pad(values, (0, columns - self.in_features))  # the last group's padding, as zeros
         self.register_buffer("scale", scale)
         self.register_buffer("qweight", _pack_int4(values) if bits == 4 else values)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
