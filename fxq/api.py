@@ -33,8 +33,8 @@ from fxq.runtime import EXAMPLES_KEY, check_runtime_name, install_runtime, keep_
 from fxq.torch_ao_objects import translate_mapping
 from fxq.tracing import TRACE_OPTIONS_KEY
 
-PREPARE_PASSES = ("normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
-CONVERT_PASSES = ("lower", "cleanup")  # a recipe's passes precede "lower"
+PREPARE_PASSES = ("normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
+CONVERT_PASSES = ("lower", "cleanup", "name-nodes")  # a recipe's passes precede "lower"
 QAT_PREPARE_PASSES = ("fake-quantize",)  # after a recipe's, in prepare_qat
 QAT_CONVERT_PASSES = ("reestimate-batch-norm", "qat-to-float")  # before a recipe's, converting a QAT model
 QAT_KEY = "fxq_qat"

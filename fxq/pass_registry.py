@@ -25,6 +25,7 @@ _BUILTIN_MODULES = {
     "qat-to-float": "fxq.passes.qat_to_float",
     "lower": "fxq.passes.lower",
     "cleanup": "fxq.passes.cleanup",
+    "name-nodes": "fxq.passes.name_nodes",
 }
 
 _REGISTRY: dict[str, type[GraphPass]] = {}

@@ -182,13 +182,14 @@ def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tu
                    args: argparse.Namespace) -> Dump:
     prepared = _prepare(model, _mapping(args), example, args, keep_snapshots=True)
     _calibrate(prepared, calibration)
+    prepare_steps = len(fxq.pass_records(prepared))
     converted = fxq.convert(prepared, keep_snapshots=True, runtime="graph")
     records = fxq.pass_records(converted)
     known = [record.name for record in records]
     if args.after and args.after not in known:
         raise ConfigError(f"--after {args.after!r}: the pipeline's passes are {', '.join(known)}")
     passes, before = [], traced
-    for record in records:
+    for index, record in enumerate(records):  # a pass run in prepare and in convert: --after means its first run
         change = diff_graphs(before, record.snapshot)
         entry = {"name": record.name, "seconds": record.seconds, "nodes_before": record.nodes_before,
                  "nodes_after": record.nodes_after, "added": change.added, "removed": change.removed,
@@ -197,7 +198,7 @@ def _per_pass_dump(model: nn.Module, name: str, traced: GraphModule, example: tu
             entry["nodes"] = inspect(record.snapshot, all_nodes=True)
         passes.append(entry)
         if record.name == args.after:
-            stage = "calibrated" if record.name in fxq.api.PREPARE_PASSES else "converted"
+            stage = "calibrated" if index < prepare_steps else "converted"
             return Dump(name, stage, args.backend, record.snapshot, _rows(record.snapshot, None),
                         after_pass=record.name, passes=[entry])
         before = record.snapshot

@@ -38,7 +38,8 @@ def render_rows(rows: list[NodeRow], width: int = 120) -> str:
 
 def fit_table(headers: list[str], cells: list[list[str]], width: int, floors: list[int] | None = None) -> str:
     """A plain table without its empty columns, shortened until it fits ``width``: the widest column above its
-    floor loses a character at a time (headers too), so narrow columns and those with high floors stay whole."""
+    floor loses a character at a time (headers too), so narrow columns and those with high floors stay whole.
+    The first column names the row: it loses its middle, so ``quantize_per_tensor_2`` and ``..._8`` stay apart."""
     floors = floors or [4] * len(headers)
     keep = [i for i in range(len(headers)) if i == 0 or any(line[i] for line in cells)]
     headers, floors = [headers[i] for i in keep], [floors[i] for i in keep]
@@ -51,7 +52,8 @@ def fit_table(headers: list[str], cells: list[list[str]], width: int, floors: li
             break  # nothing left to shorten sensibly: let it overflow rather than garble every cell
         widest = max(candidates, key=lambda i: limits[i] - floors[i])
         limits[widest] -= 1
-    lines = [[_shorten(cell, limits[i]) for i, cell in enumerate(line)] for line in [headers, *cells]]
+    lines = [[(_shorten_middle if i == 0 else _shorten)(cell, limits[i]) for i, cell in enumerate(line)]
+             for line in [headers, *cells]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     lines.insert(1, ["-" * w for w in widths])
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -60,6 +62,13 @@ def fit_table(headers: list[str], cells: list[list[str]], width: int, floors: li
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def _shorten_middle(text: str, limit: int) -> str:
+    if len(text) <= limit or limit < 3:
+        return _shorten(text, limit)
+    tail = (limit - 1) // 2
+    return text[: limit - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 def _cells(row: NodeRow, keys: dict[str, str]) -> list[str]:

@@ -29,8 +29,9 @@ def test_json_validates_against_the_schema(name, stage):
 def test_json_with_passes_and_comparison_validates():
     document = json.loads(dump_text("mlp", "--after-all", fmt="json"))
     jsonschema.validate(document, SCHEMA)
-    assert [p["name"] for p in document["passes"]] == ["normalize", "fuse", "assign-qconfig", "assign-precision",
-                                                        "insert-observers", "lower", "cleanup"]
+    assert [p["name"] for p in document["passes"]] == ["normalize", "fuse", "name-nodes", "assign-qconfig",
+                                                        "assign-precision", "insert-observers", "lower",
+                                                        "cleanup", "name-nodes"]
     assert document["comparison"] and all("own_sqnr_db" in layer for layer in document["comparison"])
 
 

@@ -23,7 +23,8 @@ def test_after_fuse_shows_the_fused_graph_and_what_fusion_removed():
 def test_after_all_lists_every_pass_with_its_changes_and_time():
     result = dump("mlp", "--after-all")
     names = [p["name"] for p in result.passes]
-    assert names == ["normalize", "fuse", "assign-qconfig", "assign-precision", "insert-observers", "lower", "cleanup"]
+    assert names == ["normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers",
+                     "lower", "cleanup", "name-nodes"]
     by_name = {p["name"]: p for p in result.passes}
     assert by_name["insert-observers"]["added"] == ["obs_x", "obs_fc1", "obs_fc2"]  # fc3 returns float
     assert {"node": "fc2", "before": ["relu1"], "after": ["fc1"]} in by_name["fuse"]["rewired"]
@@ -33,7 +34,7 @@ def test_after_all_lists_every_pass_with_its_changes_and_time():
 
 
 def test_unknown_pass_names_the_passes_there_are():
-    with pytest.raises(fxq.ConfigError, match="normalize, fuse, assign-qconfig"):
+    with pytest.raises(fxq.ConfigError, match="normalize, fuse, name-nodes, assign-qconfig"):
         dump("mlp", "--after", "fusion")
 
 
