@@ -43,8 +43,16 @@ def browser() -> str | None:
     return None
 
 
-def render(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """(the DOM after scripts ran, console and uncaught-error lines) of ``page`` in a headless browser."""
+def render(page: Path, profile: Path, script: str | None = None) -> tuple[str, list[str]]:
+    """(the DOM after scripts ran, console and uncaught-error lines) of ``page`` in a headless browser.
+
+    ``script`` runs after the page's own (it is added at the end of a copy of the page): it can use the page's
+    controls and write what it saw into the DOM, which comes back with the rest."""
+    if script is not None:
+        text = page.read_text(encoding="utf-8")
+        end = text.rindex("</body>")
+        page = page.with_name(page.stem + "-scripted.html")
+        page.write_text(f"{text[:end]}<script>{script}</script>{text[end:]}", encoding="utf-8")
     # no network here: the background services' connections would only be refused (and slow the start)
     quiet = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-quic", f"--user-data-dir={profile}"]

@@ -35,6 +35,7 @@ class NodeRow:
         sqnr_db, own_sqnr_db: from ``fxq.compare``: SQNR of this value against the float model's, and of the
             error this node adds on top of its inputs' (see ``fxq.dump.compare``).
         origin: the traced node whose value this node computes.
+        module_path: the module the node came from ("" for the root); the HTML page groups nodes by it.
         inputs: the names of the nodes it reads (the graph's edges).
         category: "quantized", "float", "boundary" (observer, quantize, dequantize), "io" (inputs, outputs,
             constants) or "pending" (not decided yet: a traced or fused graph); what the graph views colour.
@@ -59,6 +60,7 @@ class NodeRow:
     sqnr_db: float | None = None
     own_sqnr_db: float | None = None
     origin: str | None = None
+    module_path: str = ""
     inputs: tuple[str, ...] = ()
     category: str = "pending"
 
@@ -136,6 +138,7 @@ def _row(node: Node, record: NodeInfo, modules: dict, value_of, error, category:
         sqnr_db=error.sqnr_db if error else None,
         own_sqnr_db=error.own_sqnr_db if error else None,
         origin=record.origin,
+        module_path=record.module_path,
         inputs=tuple(arg.name for arg in node.all_input_nodes),
         category=category,
     )

@@ -6,7 +6,6 @@ from torch import nn
 
 import fxq
 from fxq.dump.diff import diff_graphs
-from fxq.dump.layout import layered
 from fxq.dump.text import fit_table
 from tests.dump.helpers import dump, dump_text
 
@@ -49,17 +48,6 @@ def test_diff_reports_added_removed_and_rewired_nodes():
     assert change.added == [extra.name] and change.removed == []
     assert change.rewired == [("_1", ("_0",), (extra.name,))]
     assert change.lines()[0] == f"+ {extra.name}"
-
-
-def test_layout_puts_each_node_below_its_inputs_and_is_linear():
-    order = [f"n{i}" for i in range(3000)]
-    inputs = {f"n{i}": (f"n{i - 1}",) + ((f"n{i - 2}",) if i % 2 and i > 1 else ()) for i in range(1, 3000)}
-    placed = layered(order, inputs)
-    assert all(placed[name].layer > placed[source].layer for name, sources in inputs.items() for source in sources)
-    columns = {}
-    for where in placed.values():
-        columns.setdefault(where.layer, set()).add(where.column)
-    assert all(cols == set(range(len(cols))) for cols in columns.values())  # no gaps, no overlaps
 
 
 def test_text_tables_fit_their_width_and_drop_empty_columns():
