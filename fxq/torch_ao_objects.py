@@ -3,10 +3,11 @@ qconfig dicts) translated into fxq's, by duck typing: fxq never imports torch.ao
 mapping with torch.ao can hand it to fxq as it is.
 
 torch.ao's per-op rules for fixed-qparam ops and input-reusing ops are dropped: fxq's backends decide those.
-Observers keep their class name (``MinMaxObserver``, ``PerChannelMinMaxObserver``, ``HistogramObserver``...) and
-their keyword arguments; torch.ao's ``qscheme`` becomes fxq's ``symmetric`` flag (a per-channel scheme on a
-per-tensor class, or the reverse, picks the matching class). A fake-quantize partial becomes its observer: fxq's
-``prepare_qat`` wraps observers in its own fake quantization.
+Observers keep their class name (``MinMaxObserver``, ``PerChannelMinMaxObserver``...) and their keyword
+arguments, except ``HistogramObserver``: it becomes ``GreedyHistogramObserver``, which picks torch.ao's range
+(fxq's own ``HistogramObserver`` searches differently). torch.ao's ``qscheme`` becomes fxq's ``symmetric`` flag
+(a per-channel scheme on a per-tensor class, or the reverse, picks the matching class). A fake-quantize partial
+becomes its observer: fxq's ``prepare_qat`` wraps observers in its own fake quantization.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 _PER_CHANNEL_TWIN = {"MinMaxObserver": "PerChannelMinMaxObserver",
                      "MovingAverageMinMaxObserver": "MovingAveragePerChannelMinMaxObserver"}
-# torch.ao options with no fxq meaning: eps is float32's either way, the histogram's upsampling is a detail of
-# its own algorithm
+# torch.ao observers whose fxq counterpart has another name
+_FXQ_NAME = {"HistogramObserver": "GreedyHistogramObserver"}
+# torch.ao options with no fxq meaning: eps is float32's either way; upsample_rate is older torch.ao's (current
+# torch.ao, like GreedyHistogramObserver, re-bins in sixteenths of a bin)
 _IGNORED = ("eps", "factory_kwargs", "upsample_rate")
 
 
@@ -136,7 +139,7 @@ def observer_factory(name: str, kwargs: dict[str, Any]) -> ObserverFactory:
             name = {twin: plain for plain, twin in _PER_CHANNEL_TWIN.items()}.get(name, name)
     if name == "PlaceholderObserver":
         options.setdefault("dtype", torch.float32)  # torch.ao's default (fxq's placeholder defaults to float16)
-    cls = getattr(observers, name, None)
+    cls = getattr(observers, _FXQ_NAME.get(name, name), None)
     if not (isinstance(cls, type) and issubclass(cls, Observer)):
         known = sorted(n for n in observers.__all__ if n.endswith("Observer"))
         raise ConfigError(f"torch.ao observer {name} has no fxq counterpart; fxq has {', '.join(known)}")

@@ -3,6 +3,7 @@
 from fxq.observers.base import Observer, ObserverFactory
 from fxq.observers.entropy import EntropyObserver
 from fxq.observers.fixed import SIGMOID_QPARAMS, TANH_QPARAMS, FixedQParamsObserver
+from fxq.observers.greedy_histogram import GreedyHistogramObserver
 from fxq.observers.histogram import HistogramObserver
 from fxq.observers.minmax import (
     MinMaxObserver,
@@ -16,8 +17,8 @@ from fxq.observers.percentile import PercentileObserver
 from fxq.observers.placeholder import PlaceholderObserver
 
 __all__ = [
-    "EntropyObserver", "FixedQParamsObserver", "HistogramObserver", "MSEObserver", "MinMaxObserver",
-    "MovingAverageMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "Observer", "ObserverFactory",
-    "PerChannelMSEObserver", "PerChannelMinMaxObserver", "PercentileObserver", "PlaceholderObserver",
-    "SIGMOID_QPARAMS", "TANH_QPARAMS",
+    "EntropyObserver", "FixedQParamsObserver", "GreedyHistogramObserver", "HistogramObserver", "MSEObserver",
+    "MinMaxObserver", "MovingAverageMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "Observer",
+    "ObserverFactory", "PerChannelMSEObserver", "PerChannelMinMaxObserver", "PercentileObserver",
+    "PlaceholderObserver", "SIGMOID_QPARAMS", "TANH_QPARAMS",
 ]
