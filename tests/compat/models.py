@@ -47,6 +47,8 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(module.weight, std=0.2)
+            if module.bias is not None:  # seeded too: the default init drew them from the unseeded generator
+                nn.init.normal_(module.bias, std=0.05)
     model.train()
     with torch.no_grad():
         for _ in range(4):
