@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="static int8 by defaults vs fp32 and dynamic int8 on the real all-MiniLM-L6-v2")
     bench.add_argument("--qat", action="store_true",
                        help="4-bit QAT on two digits CNNs (fxq vs torch.ao vs static PTQ), then MiniLM QAT + distillation")
+    bench.add_argument("--distributed", action="store_true",
+                       help="calibration wall time of ResNet-18 on 256 images, 1 vs 2 processes (one thread each)")
     bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
     bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
     bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")
@@ -88,6 +90,10 @@ def _run(args: argparse.Namespace) -> int:
         rounds = args.rounds or 20
         if args.dynamic:
             return run_dynamic_bench(threads=args.threads, rounds=rounds)
+        if args.distributed:
+            from fxq.tools.bench_distributed import run_distributed_bench
+
+            return run_distributed_bench(threads=1)
         if args.qat:
             from fxq.tools.bench_qat import run_qat_bench
 

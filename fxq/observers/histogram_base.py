@@ -88,6 +88,8 @@ def cumulative(counts: torch.Tensor, low: float, high: float, points: np.ndarray
 def rebin(counts: torch.Tensor, old_low: float, old_high: float, new_low: float,
           new_high: float) -> torch.Tensor:
     """``counts`` over [old_low, old_high] spread onto as many equal bins over [new_low, new_high] (which
-    contains it)."""
+    contains it). The same range gives the counts unchanged (interpolating would round them)."""
+    if (old_low, old_high) == (new_low, new_high):
+        return counts.clone()
     edges = torch.linspace(new_low, new_high, counts.numel() + 1, dtype=torch.float64).numpy()
     return torch.from_numpy(np.diff(cumulative(counts, old_low, old_high, edges)))

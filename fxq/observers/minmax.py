@@ -39,8 +39,9 @@ class MinMaxObserver(Observer):
         """The stored range updated with a later batch's: the running min and max."""
         return torch.minimum(self.min_val, low), torch.maximum(self.max_val, high)
 
-    def _merge_ranges(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stored range merged with another observer's: again the running min and max, which is exact."""
+    def _merge_ranges(self, low: torch.Tensor, high: torch.Tensor,
+                      other: MinMaxObserver) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored range merged with ``other``'s: again the running min and max, which is exact."""
         return torch.minimum(self.min_val, low), torch.maximum(self.max_val, high)
 
     def _observe(self, x: torch.Tensor) -> None:
@@ -55,7 +56,7 @@ class MinMaxObserver(Observer):
         low, high = other.min_val.clone(), other.max_val.clone()
         if self.has_data:
             self._check_channels(low, "the observer merged in")
-            low, high = self._merge_ranges(low, high)
+            low, high = self._merge_ranges(low, high, other)
         self.min_val, self.max_val = low, high
 
     def _check_channels(self, low: torch.Tensor, where: str) -> None:
@@ -88,14 +89,26 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             raise ConfigError(f"averaging_constant is the weight of each new batch and must be in (0, 1]; got "
                               f"{averaging_constant!r}")
         self.averaging_constant = averaging_constant
+        self.batches = 0  # how many batches the average has seen, so a merge weighs each side by it
+
+    def _observe(self, x: torch.Tensor) -> None:
+        super()._observe(x)
+        self.batches += 1
+
+    def _merge(self, other: MovingAverageMinMaxObserver) -> None:
+        super()._merge(other)
+        self.batches += other.batches
 
     def _combine(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.averaging_constant
         return self.min_val + c * (low - self.min_val), self.max_val + c * (high - self.max_val)
 
-    def _merge_ranges(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two moving averages estimate the same typical range from different batches: take their mean."""
-        return (self.min_val + low) / 2, (self.max_val + high) / 2
+    def _merge_ranges(self, low: torch.Tensor, high: torch.Tensor,
+                      other: MovingAverageMinMaxObserver) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two moving averages estimate the same typical range from different batches: take their mean, each
+        weighted by the batches it saw (equal weights for a side whose count was lost, loaded from a state_dict)."""
+        share = max(other.batches, 1) / (max(self.batches, 1) + max(other.batches, 1))
+        return self.min_val + share * (low - self.min_val), self.max_val + share * (high - self.max_val)
 
     def _settings(self) -> dict[str, Any]:
         return {**super()._settings(), "averaging_constant": self.averaging_constant}
