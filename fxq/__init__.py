@@ -10,6 +10,7 @@
 from fxq import observers
 from fxq.annotation import NodeInfo, info
 from fxq.api import convert, pass_records, prepare, quantize, report_of
+from fxq.backends import Backend, OpSupport, available_backends, register_backend
 from fxq.benchmark import BenchmarkResult, benchmark
 from fxq.dump import Comparison, LayerError, NodeRow, ObserverRow, compare, inspect, observer_summary
 from fxq.dynamic import Dynamic, DynamicReport, WeightOnly, quantize_dynamic
@@ -32,6 +33,8 @@ from fxq.pattern import ANY, Pattern
 from fxq.qat import prepare_qat
 from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfig
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+from fxq.recipes import Recipe, register_recipe
+from fxq.rewriter import Declined, Rewriter, Rule
 from fxq.saving import load, save
 from fxq.tracing import trace
 from fxq.tuning import TuneResult, tune
@@ -45,4 +48,6 @@ __all__ = [
     "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
     "report_of", "save", "load", "trace", "export", "tune", "TuneResult", "prepare_qat", "benchmark",
+    "Backend", "OpSupport", "available_backends", "register_backend", "Recipe", "register_recipe", "Rule", "Rewriter",
+    "Declined",
 ]

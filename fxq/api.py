@@ -16,7 +16,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from fxq.annotation import copy_graph_module
-from fxq.backends import get_backend, native_backend
+from fxq.backends import get_backend, native_backend, qconfig_family
 from fxq.capture import capture as capture_model
 from fxq.converted import ConvertedGraphModule, as_converted
 from fxq.errors import CalibrationError, ConfigError, FxqWarning
@@ -27,17 +27,15 @@ from fxq.model_inputs import call_with, split_call
 from fxq.nn.transposed_linear import replace_transposed_linears
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
+from fxq.pipelines import TRACED, check, combined, convert_steps, instances, parse_passes, prepare_steps
 from fxq.precision import PrecisionPlan
 from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
 from fxq.runtime import EXAMPLES_KEY, check_runtime_name, install_runtime, keep_examples
 from fxq.torch_ao_objects import translate_mapping
 from fxq.tracing import TRACE_OPTIONS_KEY
 
-PREPARE_PASSES = ("normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers")  # + a recipe's
-CONVERT_PASSES = ("lower", "cleanup", "name-nodes")  # a recipe's passes precede "lower"
-QAT_PREPARE_PASSES = ("fake-quantize",)  # after a recipe's, in prepare_qat
-QAT_CONVERT_PASSES = ("reestimate-batch-norm", "qat-to-float")  # before a recipe's, converting a QAT model
 QAT_KEY = "fxq_qat"
+PASSES_KEY = "fxq_convert_passes"  # the edits of prepare's ``passes=`` that convert applies
 
 _BACKEND_KEY = "fxq_backend"
 RECORDS_KEY = "fxq_records"
@@ -47,7 +45,8 @@ _LEAVES_KEY = "fxq_float_leaves"
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str | None = None,
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
             concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
-            recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None) -> GraphModule:
+            recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None,
+            passes=None) -> GraphModule:
     """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
 
     Args:
@@ -73,6 +72,10 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str |
         precision: a per-layer precision plan, module path -> "int8", "w4a8", "int8-dynamic", "fp16" or
             "float" (a dict, or a ``fxq.precision.PrecisionPlan``); it overrides the global qconfig and the recipe,
             not the mapping's explicit rules. See ``fxq.precision``.
+        passes: changes to the pass pipelines, checked before any pass runs: passes inserted at named points
+            (``{"after fuse": ["my-pass"], "before lower": "other{bits=4}"}``; points in convert's pipeline are
+            kept for ``convert``) or whole pipelines (``{"prepare": "...", "convert": "..."}``, or a spec
+            string). See ``fxq.pipelines``.
         keep_snapshots: keep the graph after each pass (``prepared.meta["fxq_records"]``).
     Returns:
         The prepared GraphModule (observers inserted), in eval mode.
@@ -81,15 +84,16 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str |
     """
     return _prepare(model, qconfig_mapping, example_inputs, backend=backend, leaf_modules=leaf_modules,
                     leaf_module_types=leaf_module_types, concrete_args=concrete_args, keep_snapshots=keep_snapshots,
-                    capture=capture, recipe=recipe, precision=precision, training=False)
+                    capture=capture, recipe=recipe, precision=precision, passes=passes, training=False)
 
 
 def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str, leaf_modules, leaf_module_types,
-             concrete_args, keep_snapshots: bool, capture: str, recipe, precision, training: bool) -> GraphModule:
+             concrete_args, keep_snapshots: bool, capture: str, recipe, precision, passes, training: bool) -> GraphModule:
     """``prepare``, or with ``training`` ``fxq.prepare_qat``: the same passes, the recipe without its
     calibration-statistics corrections, then ``fake-quantize``, in training mode."""
     backend = backend if backend is not None else native_backend()
     get_backend(backend)
+    edits = parse_passes(passes)
     qconfig_mapping = translate_mapping(qconfig_mapping)  # a qconfig dict, or torch.ao's objects
     args, kwargs = split_call(example_inputs)
     with paused_gc():
@@ -103,20 +107,20 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
             raise ConfigError(f"example_inputs is empty, but {type(model).__name__}.forward takes inputs: pass a "
                               "tuple of them (or a dict of keyword arguments); prepare runs them to learn which "
                               "values are float tensors")
-        add_properties(gm, frozenset({"traced"}))
+        add_properties(gm, TRACED)
+        chosen, why = choose_recipe(gm, recipe)
+        chosen = chosen.for_training() if training else chosen
+        steps, later = prepare_steps(edits, chosen, training)
+        check(convert_steps(later, chosen, training), check(steps, TRACED))  # both, before any pass runs
         plan = precision if precision is None or isinstance(precision, PrecisionPlan) else PrecisionPlan(precision)
         ctx = PassContext(qconfig_mapping=qconfig_mapping, backend=backend, example_inputs=example_inputs,
-                          original=model, precision_plan=plan, training=training)
-        normalized = PassManager(list(PREPARE_PASSES[:1]), keep_snapshots=keep_snapshots).run(gm, ctx)
-        ctx.recipe, why = choose_recipe(normalized.graph_module, recipe)
-        if training:
-            ctx.recipe = ctx.recipe.for_training()
-        passes = [*PREPARE_PASSES[1:], *ctx.recipe.prepare_passes, *(QAT_PREPARE_PASSES if training else ())]
-        result = PassManager(passes, keep_snapshots=keep_snapshots).run(normalized.graph_module, ctx)
+                          original=model, recipe=chosen, precision_plan=plan, training=training)
+        result = PassManager(instances(steps), keep_snapshots=keep_snapshots).run(gm, ctx)
     prepared = result.graph_module
     prepared.meta[_BACKEND_KEY] = backend
-    prepared.meta[RECORDS_KEY] = normalized.records + result.records
-    prepared.meta[RECIPE_KEY] = {"name": ctx.recipe.name, "why": why, "recipe": ctx.recipe}
+    prepared.meta[RECORDS_KEY] = result.records
+    prepared.meta[RECIPE_KEY] = {"name": chosen.name, "why": why, "recipe": chosen}
+    prepared.meta[PASSES_KEY] = later
     prepared.meta[_LEAVES_KEY] = captured.float_leaves
     prepared.meta[TRACE_OPTIONS_KEY] = {"how": captured.how, **options}
     prepared.meta[EXAMPLES_KEY] = keep_examples(example_inputs)  # what convert checks a faster runtime on
@@ -128,7 +132,7 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
 
 
 def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: bool = False,
-            backend: str | None = None, runtime: str = "auto") -> GraphModule:
+            backend: str | None = None, runtime: str = "auto", passes=None) -> GraphModule:
     """Lower a calibrated prepared model to the backend's quantized form; ``prepared`` is left as it was unless
     ``inplace`` (which saves copying it: for callers that no longer need it).
 
@@ -140,6 +144,9 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     bit-exact and faster on the example inputs). ``result.meta["fxq_runtime"]`` says which and why; see
     ``fxq.runtime``.
 
+    ``passes`` changes the convert pipeline as ``prepare``'s does (insertions add to those ``prepare`` kept; a
+    ``"convert"`` pipeline replaces the default). See ``fxq.pipelines``.
+
     Raises:
         ConfigError: ``prepared`` did not come from ``fxq.prepare``, or is converted already; ``backend`` is
             neither "reference" nor the one ``prepared`` was made for; an unknown ``runtime``.
@@ -147,16 +154,21 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     """
     check_runtime_name(runtime)
     _check_convertible(prepared)
+    given = parse_passes(passes)
+    if given.prepare is not None:
+        raise ConfigError("convert(passes=...) changes convert's pipeline: give it as {'convert': ...} or "
+                          "insertions such as {'before lower': ...}; prepare's pipeline ran already")
+    recipe = prepared.meta.get(RECIPE_KEY, {}).get("recipe")
+    steps = convert_steps(combined(prepared.meta.get(PASSES_KEY, parse_passes(None)), given), recipe,
+                          bool(prepared.meta.get(QAT_KEY)))
+    check(steps, properties_of(prepared))
     observers = [m for m in prepared.modules() if isinstance(m, Observer)]  # read, never changed, by convert
     with paused_gc():
         gm = prepared if inplace else copy_graph_module(prepared, share=observers)
         inputs = input_records(gm)
         as_converted(gm, inputs)  # before the passes, whose final recompile then installs its forward
-        recipe = prepared.meta.get(RECIPE_KEY, {}).get("recipe")
         ctx = PassContext(backend=_lowering_backend(prepared, backend), recipe=recipe)
-        passes = [*(QAT_CONVERT_PASSES if prepared.meta.get(QAT_KEY) else ()),
-                  *(recipe.convert_passes if recipe is not None else ()), *CONVERT_PASSES]
-        result = PassManager(passes, keep_snapshots=keep_snapshots).run(gm, ctx)
+        result = PassManager(instances(steps), keep_snapshots=keep_snapshots).run(gm, ctx)
     converted = result.graph_module
     if not isinstance(converted, ConvertedGraphModule):  # a pass returned a new module
         as_converted(converted, inputs).recompile()
@@ -214,7 +226,7 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
 
     check_runtime_name(runtime)
     backend = backend if backend is not None else native_backend()
-    mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
+    mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(qconfig_family(backend))
     prepared = prepare(model, mapping, example_inputs, backend=backend, **prepare_options)
     batches = 0
     with torch.no_grad():
@@ -236,10 +248,6 @@ def report_of(quantized: nn.Module):
     if isinstance(quantized, GraphModule) and REPORT_KEY in quantized.meta:
         return quantized.meta[REPORT_KEY]
     return getattr(quantized, REPORT_ATTRIBUTE, None)
-
-
-def _mapping_name(backend: str) -> str:
-    return backend if backend in ("x86", "fbgemm", "qnnpack", "reference") else "x86"
 
 
 def pass_records(gm: GraphModule) -> list[PassRecord]:

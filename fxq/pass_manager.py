@@ -20,7 +20,7 @@ from fxq.annotation import copy_graph_module
 from fxq.errors import ConfigError, FxqError, PassError, PassOrderError
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import GraphPass, PassContext, add_properties, properties_of
-from fxq.pass_registry import get_pass
+from fxq.pass_registry import describe_pass, get_pass
 
 
 @dataclass
@@ -96,17 +96,25 @@ class PassManager:
         self.verify_numerics = verify_numerics
 
     def validate(self, initial: frozenset[str]) -> None:
-        """Check every pass's ``requires`` against what ``initial`` and earlier passes provide."""
+        """Check every pass's ``requires`` against what ``initial`` and earlier passes provide, and that no pass
+        provides a property the graph has already (two passes claiming to lower, or one run twice)."""
         have = set(initial)
+        provider: dict[str, str] = {}
         for index, graph_pass in enumerate(self.passes):
             missing = set(graph_pass.requires) - have
             if missing:
                 before = ", ".join(p.name for p in self.passes[:index]) or "nothing"
                 providers = _providers(missing)
                 raise PassOrderError(
-                    f"pass {graph_pass.name!r} requires {sorted(missing)} but runs after [{before}] on a graph "
-                    f"that has {sorted(have)}; run {providers} before it")
+                    f"pass {describe_pass(graph_pass.name)} requires {sorted(missing)} but runs after [{before}] "
+                    f"on a graph that has {sorted(have)}; run {providers} before it")
+            again = sorted(set(graph_pass.provides) & have)
+            if again:
+                by = ", ".join(f"{prop!r} by {provider.get(prop, 'an earlier pipeline')}" for prop in again)
+                raise PassOrderError(f"pass {describe_pass(graph_pass.name)} provides what the graph has already "
+                                     f"({by}); drop one of them from the pipeline")
             have |= graph_pass.provides
+            provider.update(dict.fromkeys(graph_pass.provides, describe_pass(graph_pass.name)))
 
     @paused_gc()
     def run(self, gm: GraphModule, ctx: PassContext | None = None) -> PipelineResult:
@@ -165,18 +173,17 @@ def _flatten(value) -> list[torch.Tensor]:
 
 
 def _providers(missing: set[str]) -> str:
-    from fxq.pass_registry import _BUILTIN_MODULES
+    from fxq.pass_registry import available_passes
 
-    names = []
-    for name in _BUILTIN_MODULES:
-        if set(get_pass(name).provides) & missing:
-            names.append(repr(name))
-    return " or ".join(names) if names else "a pass that provides them"
+    names = [repr(name) for name in available_passes() if set(get_pass(name).provides) & missing]
+    return " or ".join(names) if names else "a pass that provides them (no installed pass does)"
 
 
 def _pass_error(graph_pass: GraphPass, before: Sequence[GraphPass], err: Exception) -> PassError:
     node: Node | None = getattr(err, "fxq_node", None)
     where = f" at node {node.format_node()}" if node is not None else ""
+    if getattr(err, "fxq_rule", None):
+        where += f" in {err.fxq_rule}"
     earlier = ", ".join(p.name for p in before) or "none"
     return PassError(f"pass {graph_pass.name!r} failed{where} (passes run before it: {earlier}): "
                      f"{type(err).__name__}: {err}")

@@ -1,13 +1,14 @@
 """Pass names to pass classes: built-ins load lazily, third-party passes come from the ``fxq.passes`` entry
-point group or ``register_pass``. Two passes claiming one name is an error, never a silent override."""
+point group or ``register_pass``. Two passes claiming one name (a built-in's included) is an error naming
+both, never a silent override; so is a plugin that fails to load."""
 
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from fxq.errors import ConfigError
 from fxq.graph_pass import GraphPass
+from fxq.plugins import load_group, plugin_of
 
 _BUILTIN_MODULES = {
     "normalize": "fxq.passes.normalize",
@@ -37,6 +38,8 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
     if not (isinstance(cls, type) and issubclass(cls, GraphPass)) or not cls.name:
         raise ConfigError(f"{cls!r} is not a GraphPass subclass with a non-empty `name`")
     existing = _REGISTRY.get(cls.name)
+    if existing is None and _BUILTIN_MODULES.get(cls.name, cls.__module__) != cls.__module__:
+        existing = get_pass(cls.name)  # a built-in's name: its module is not imported yet
     if existing is not None and existing is not cls:
         raise ConfigError(f"pass name {cls.name!r} is already taken by {existing.__module__}."
                           f"{existing.__qualname__}; choose another name for {cls.__module__}.{cls.__qualname__}")
@@ -44,21 +47,27 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
     return cls
 
 
+def describe_pass(name: str) -> str:
+    """``'name'``, and where a pass not built into fxq comes from (its plugin, else its class)."""
+    cls = _REGISTRY.get(name)
+    if cls is None or _BUILTIN_MODULES.get(name) == cls.__module__:
+        return repr(name)
+    return f"{name!r} (from {plugin_of(cls) or f'{cls.__module__}.{cls.__qualname__}'})"
+
+
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for point in entry_points(group="fxq.passes"):
-        register_pass(point.load())
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED = True
+        load_group("fxq.passes", register_pass)
 
 
 def get_pass(name: str) -> type[GraphPass]:
-    """The pass class registered as ``name``; ConfigError listing the known names if there is none."""
+    """The pass class registered as ``name``; ConfigError listing the known names if there is none (or if an
+    installed plugin fails to load)."""
+    _load_entry_points()  # first: a plugin claiming a built-in's name is an error, not a shadowed plugin
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _REGISTRY:
-        _load_entry_points()
     if name not in _REGISTRY:
         raise ConfigError(f"no pass named {name!r}; known passes: {', '.join(available_passes())}")
     return _REGISTRY[name]

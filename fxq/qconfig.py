@@ -68,14 +68,12 @@ def _describe(factory: Callable | None) -> str:
     return getattr(factory, "__qualname__", type(factory).__qualname__)
 
 
-_BACKENDS = ("x86", "fbgemm", "qnnpack", "reference")
-
-
 def check_backend(backend: str) -> str:
-    """``backend`` if it is one fxq has default qconfigs for; ConfigError listing them otherwise."""
-    if backend not in _BACKENDS:
-        raise ConfigError(f"no default qconfig for backend {backend!r}; known: {', '.join(_BACKENDS)}")
-    return backend
+    """The built-in backend whose default qconfigs ``backend`` takes (itself, or for a plugin's backend the one
+    running its quantized engine); ConfigError listing the backends for an unknown name."""
+    from fxq.backends import qconfig_family
+
+    return qconfig_family(backend)
 
 
 def get_default_qconfig(backend: str = "x86") -> QConfig:
@@ -96,7 +94,7 @@ def get_default_qconfig(backend: str = "x86") -> QConfig:
     """
     from fxq.observers import HistogramObserver
 
-    check_backend(backend)
+    backend = check_backend(backend)
     return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8), weight=default_weight(backend))
 
 
@@ -107,7 +105,7 @@ def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str =
     kernels' 16-bit sums on CPUs without VNNI (see ``fxq.dynamic``)."""
     from fxq.observers import PlaceholderObserver
 
-    check_backend(backend)
+    backend = check_backend(backend)
     if dtype == torch.float16:
         return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float16, is_dynamic=True),
                        weight=PlaceholderObserver.with_args(dtype=torch.float16))

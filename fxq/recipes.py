@@ -1,8 +1,9 @@
 """Recipes: what fxq does differently for a kind of model, chosen from the graph unless the user names one.
 
 A recipe is data: op concepts that stay float unless the user's mapping says otherwise, and extra passes to run
-(after ``insert-observers`` in prepare, before ``lower`` in convert). ``prepare`` resolves ``recipe="auto"`` on the
-normalized graph and records the choice and the reason in ``prepared.meta["fxq_recipe"]``; ``assign-qconfig``
+(after ``insert-observers`` in prepare, before ``lower`` in convert). Other packages add recipes with
+``register_recipe`` or the ``fxq.recipes`` entry point group. ``prepare`` resolves ``recipe="auto"`` on the
+captured graph and records the choice and the reason in ``prepared.meta["fxq_recipe"]``; ``assign-qconfig``
 applies the float concepts only where the user's mapping gave no more specific rule than the global one, so an
 explicit rule always wins, and the node's ``qconfig_rule`` names the recipe when the recipe decided.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass, replace
 
 from torch.fx import GraphModule
 
-from fxq.annotation import info
 from fxq.errors import ConfigError
+from fxq.ops import concept_of
+from fxq.plugins import load_group
 
 RECIPE_KEY = "fxq_recipe"
 _CORRECTIONS = frozenset({"record-input-statistics", "bias-correction", "smooth"})
@@ -62,17 +64,45 @@ TRANSFORMER = Recipe("transformer", float_concepts=(("add", _RESIDUAL), ("add_re
 CNN = Recipe("cnn", prepare_passes=("record-input-statistics",), convert_passes=("bias-correction",))
 NONE = Recipe("none")
 RECIPES = {recipe.name: recipe for recipe in (TRANSFORMER, CNN, NONE)}
+_PLUGINS_LOADED = False
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Make ``recipe`` available by name (``prepare(..., recipe="name")``; "auto" chooses among fxq's own).
+    Its passes must exist; a name already taken is an error."""
+    from fxq.pass_registry import get_pass
+
+    if not isinstance(recipe, Recipe) or not recipe.name or recipe.name == "auto":
+        raise ConfigError(f"{recipe!r} is not a fxq.recipes.Recipe with a name other than 'auto'")
+    taken = RECIPES.get(recipe.name)
+    if taken is not None and taken is not recipe:
+        raise ConfigError(f"recipe name {recipe.name!r} is already taken; choose another name")
+    for name in (*recipe.prepare_passes, *recipe.convert_passes):
+        get_pass(name)
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def _load_plugins() -> None:
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        load_group("fxq.recipes", register_recipe)
+
 
 def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str]:
-    """The recipe for ``gm`` (a normalized graph) and why: the one named, or for "auto" the one the graph's ops
-    call for. Raises ConfigError for an unknown name."""
+    """The recipe for ``gm`` (a captured graph) and why: the one named, or for "auto" the one the graph's ops
+    call for. Chosen before any pass runs, so the whole pipeline is known and checked first. Raises ConfigError
+    for an unknown name."""
     if isinstance(requested, Recipe):
         return requested, "given as a Recipe"
+    _load_plugins()  # every time prepare runs: a broken recipe plugin is reported, not skipped
     if requested != "auto":
         if requested not in RECIPES:
             raise ConfigError(f"unknown recipe {requested!r}; choose one of 'auto', {', '.join(map(repr, RECIPES))}")
         return RECIPES[requested], "asked for by name"
-    counts = Counter(info(node).concept for node in gm.graph.nodes if node.op != "placeholder")
+    modules = dict(gm.named_modules())
+    counts = Counter(concept_of(node, modules) for node in gm.graph.nodes if node.op not in ("placeholder", "output"))
     attention = counts["attention"] + min(counts["softmax"], counts["matmul"])
     norms = counts["layer_norm"]
     convs = sum(counts[name] for name in ("conv1d", "conv2d", "conv3d"))

@@ -96,6 +96,10 @@ class Rewriter:
         self._rule = rule
         try:
             outcome = rule.rewrite(self, **found.captures)
+        except Exception as err:
+            if not hasattr(err, "fxq_node"):  # for the pass manager's error: where, and which rule
+                err.fxq_node, err.fxq_rule = found.anchor, f"rule {rule.name} ({rule.where})"
+            raise
         finally:
             self._rule = None
         if isinstance(outcome, Declined):

@@ -7,7 +7,8 @@ merged with it into one fused module (``fxq.nn.fused``), called at the first mem
 and ``relu(a * b)`` become one ``fxq.nn.functional`` call. For quantization-aware training (``ctx.training``)
 a conv's or linear's batch norm is not folded but kept with it (and its ReLU) in one unit (``fxq.nn.fused.LAYER_BN``),
 so training can update its statistics; ``fxq.qat`` simulates the folding, ``qat-to-float`` does it at convert.
-Functional forms are left alone, with the reason recorded as a near miss. (A module called more than once is one module per call after normalize, so each call
+Functional forms are left alone, with the reason recorded as a near miss. The backend's own fusion rules
+(``Backend.fusion_rules``) are tried first. (A module called more than once is one module per call after normalize, so each call
 fuses with its own neighbours.)
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import info
+from fxq.backends import get_backend
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fold import fold_batch_norm
 from fxq.nn.functional import add_relu, mul_relu
@@ -189,5 +191,6 @@ class Fuse(GraphPass):
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         if ctx.example_inputs and _linear_feeds_batch_norm(gm):  # ranks decide whether it folds (conv_bn)
             propagate(gm, ctx.example_inputs)
-        Rewriter(gm, self.name).apply(TRAINING_RULES if ctx.training else RULES)
+        backend_rules = list(get_backend(ctx.backend).fusion_rules)  # first: a longer pattern it knows wins
+        Rewriter(gm, self.name).apply(backend_rules + (TRAINING_RULES if ctx.training else RULES))
         return gm

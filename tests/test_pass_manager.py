@@ -61,7 +61,7 @@ def _model():
 def test_order_is_checked_before_anything_runs():
     gm = traced(_model())
     ctx = PassContext()
-    with pytest.raises(PassOrderError, match=r"'test-count-nodes' requires \['normalized'\].*'normalize'"):
+    with pytest.raises(PassOrderError, match=r"'test-count-nodes' \(from tests.test_pass_manager.CountNodes\) requires \['normalized'\].*'normalize'"):
         PassManager([CountNodes(), get_pass("normalize")()]).run(gm, ctx)
     assert ctx.notes == []  # nothing ran
 

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=STAGES, default="converted")
     parser.add_argument("--calibration", help="number of random calibration batches, or a .pt file with a list of "
                                               "batches; also the data the per-node error is measured on")
-    parser.add_argument("--backend", default="x86", help="reference, x86 or qnnpack")
+    parser.add_argument("--backend", default="x86", help="reference, x86, qnnpack, or a plugin's backend")
+    parser.add_argument("--passes", metavar="SPEC", help="change the pipelines as prepare(passes=...) does, e.g. "
+                                                         "'after fuse: my-pass; before lower: other{bits=4}'")
     parser.add_argument("--capture", choices=("fx", "export", "auto"), default="fx",
                         help="how to capture the model: symbolic tracing, torch.export, or tracing else export")
     parser.add_argument("--keep-float", action="append", default=[], metavar="MODULE",
@@ -57,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="write here instead of standard output")
     parser.add_argument("--boundaries", action="store_true", help="also list observers and quantize/dequantize")
     parser.add_argument("--width", type=int, default=120, help="text width")
+    parser.add_argument("--rules", action="store_true", help="text: also list the passes and rules (file:line) "
+                                                              "that made each node, and near misses")
     parser.add_argument("--schema", action="store_true", help="print the JSON format's schema and exit")
 
 
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.target:
         raise ConfigError("fxq dump needs a TARGET: package.module:factory, or a saved fxq model file")
     result = build_dump(args)
-    text = render(result, args.format, args.width)
+    text = render(result, args.format, args.width, rules=args.rules)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def render(result: Dump, fmt: str, width: int = 120) -> str:
+def render(result: Dump, fmt: str, width: int = 120, rules: bool = False) -> str:
     if fmt == "json":
         return to_json(result.document())
     if fmt == "dot":
@@ -117,10 +121,10 @@ def render(result: Dump, fmt: str, width: int = 120) -> str:
         from fxq.dump.html import to_html
 
         return to_html(result.document())
-    return _text(result, width)
+    return _text(result, width, rules)
 
 
-def _text(result: Dump, width: int) -> str:
+def _text(result: Dump, width: int, rules: bool) -> str:
     where = f"after pass {result.after_pass!r}" if result.after_pass else f"stage {result.stage}"
     parts = [f"{result.model_name}: {where}, backend {result.backend}"]
     for record in result.passes:
@@ -130,9 +134,9 @@ def _text(result: Dump, width: int) -> str:
         changes += [f"~ {r['node']}: {', '.join(r['before'])} -> {', '.join(r['after'])}" for r in record["rewired"]]
         parts.append("\n".join(changes) if changes else "(graph unchanged)")
         if "nodes" in record:
-            parts.append(render_rows(_op_rows(record["nodes"]), width))
+            parts.append(render_rows(_op_rows(record["nodes"]), width, rules))
     if not result.passes or result.after_pass:
-        parts.append(render_rows(_op_rows(result.rows), width))
+        parts.append(render_rows(_op_rows(result.rows), width, rules))
     if result.comparison is not None:
         parts.append("\nper-layer error against the float model, worst first:")
         parts.append(str(result.comparison))
@@ -241,7 +245,8 @@ def _calibrate(prepared: GraphModule, batches: list) -> None:
 
 def _prepare(model: nn.Module, mapping, example: tuple, args: argparse.Namespace, **options) -> GraphModule:
     with _model_errors(f"the example inputs ({_shapes(example)})", "check --input-shape / --example-inputs"):
-        return fxq.prepare(model, mapping, example, backend=args.backend, capture=args.capture, **options)
+        return fxq.prepare(model, mapping, example, backend=args.backend, capture=args.capture,
+                           passes=args.passes, **options)
 
 
 @contextlib.contextmanager

@@ -64,19 +64,57 @@ class OpSupport:
 
 @dataclass(frozen=True)
 class Backend:
-    """A named table of OpSupport entries, plus the lowering rules that turn reference patterns into kernels.
+    """A named table of OpSupport entries, plus the rules that rewrite graphs for it.
 
-    ``engine`` is the ``torch.backends.quantized.engine`` the backend's kernels need (None: no kernels).
+    ``lowering_rules`` turn reference patterns into kernels (``lower``); ``fusion_rules`` are tried by ``fuse``
+    before its own, so a backend with a fused kernel for a longer pattern claims it first. ``engine`` is the
+    ``torch.backends.quantized.engine`` the backend's kernels need (None: no kernels).
     """
 
     name: str
     ops: Mapping[str, OpSupport]
     lowering_rules: tuple = field(default=())
     engine: str | None = None
+    fusion_rules: tuple = field(default=())
 
     def support(self, concept: str | None) -> OpSupport | None:
         """The entry for ``concept``, or None if this backend has no quantized form of it."""
         return self.ops.get(concept) if concept else None
+
+
+def check_backend(backend: object) -> None:
+    """Refuse a malformed backend with what is wrong in it: its type, name, table entries, rules and engine."""
+    from fxq.ops import known_concepts
+    from fxq.rewriter import Rule
+
+    if not isinstance(backend, Backend):
+        raise ConfigError(f"a backend must be a fxq.backends.Backend, not {type(backend).__name__}")
+    what = f"backend {backend.name!r}"
+    if not isinstance(backend.name, str) or not backend.name.strip():
+        raise ConfigError(f"{what}: its name must be a non-empty string")
+    if not isinstance(backend.ops, Mapping):
+        raise ConfigError(f"{what}: ops must map op concepts to OpSupport entries (fxq.backends.table.table())")
+    concepts = set(known_concepts())
+    for key, entry in backend.ops.items():
+        if not isinstance(entry, OpSupport):
+            raise ConfigError(f"{what}: ops[{key!r}] is a {type(entry).__name__}, not an OpSupport")
+        if key != entry.concept:
+            raise ConfigError(f"{what}: ops[{key!r}] describes concept {entry.concept!r}; key it by that name")
+        if key not in concepts:
+            raise ConfigError(f"{what}: {key!r} is not an op concept fxq knows (fxq.ops.known_concepts(); a new "
+                              "op needs fxq.ops.register_concept first)")
+        if not isinstance(entry.observation, Observation):
+            raise ConfigError(f"{what}: ops[{key!r}].observation must be an Observation, not {entry.observation!r}")
+        for dtypes in (entry.activation_dtypes, entry.weight_dtypes):
+            if not dtypes or not all(isinstance(d, torch.dtype) for d in dtypes):
+                raise ConfigError(f"{what}: ops[{key!r}] dtypes must be non-empty sets of torch dtypes")
+    for kind in ("lowering_rules", "fusion_rules"):
+        rules = getattr(backend, kind)
+        if not isinstance(rules, tuple) or not all(isinstance(rule, Rule) for rule in rules):
+            raise ConfigError(f"{what}: {kind} must be a tuple of fxq.rewriter.Rule")
+    if backend.engine is not None and backend.engine not in torch.backends.quantized.supported_engines:
+        raise ConfigError(f"{what}: engine {backend.engine!r} is not one of this torch's quantized engines "
+                          f"{torch.backends.quantized.supported_engines}")
 
 
 def table(entries: Iterable[OpSupport]) -> dict[str, OpSupport]:

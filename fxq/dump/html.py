@@ -273,6 +273,7 @@ def _tooltip(row, error) -> str:
         lines.append(f"scale {summarise(row.scale)}, zero point {summarise(row.zero_point)}")
     if row.observed_min is not None:
         lines.append(f"observed {summarise(row.observed_min)} .. {summarise(row.observed_max)}")
+    lines += [f"made by {text}" for text in row.made_by] + [f"near miss {text}" for text in row.near_misses]
     if error is not None:
         lines.append(f"SQNR {_db(error.sqnr_db)} dB (worst channel {_db(error.worst_channel_sqnr_db)} dB), "
                      f"cosine {error.cosine:.5f}, own SQNR {_own(error.own_sqnr_db)}"

@@ -40,6 +40,12 @@ _NODE = {
         "sqnr_db": _DB,
         "own_sqnr_db": _DB,
         "origin": {**_TEXT_OR_NULL, "description": "the traced node whose value this node computes"},
+        "module_path": {"type": "string", "description": "the module the node came from (\"\" for the root)"},
+        "made_by": {"type": "array", "items": {"type": "string"},
+                    "description": "passes and rules that created or rewrote the node, oldest first: "
+                                   "\"pass:rule (file:line)\""},
+        "near_misses": {"type": "array", "items": {"type": "string"},
+                        "description": "rules that almost matched here: \"rule: why not\""},
         "inputs": {"type": "array", "items": {"type": "string"}},
         "category": {"enum": ["quantized", "float", "boundary", "io", "pending"]},
     },

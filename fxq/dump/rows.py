@@ -36,6 +36,9 @@ class NodeRow:
             error this node adds on top of its inputs' (see ``fxq.dump.compare``).
         origin: the traced node whose value this node computes.
         module_path: the module the node came from ("" for the root); the HTML page groups nodes by it.
+        made_by: the passes and rules that created or rewrote the node, oldest first, each with the file:line
+            of the rule ("fuse:op_relu (fuse.py:167)"), plugins' rules as fxq's own.
+        near_misses: rules that almost matched here, and why they did not ("op_relu: relu is a call function...").
         inputs: the names of the nodes it reads (the graph's edges).
         category: "quantized", "float", "boundary" (observer, quantize, dequantize), "io" (inputs, outputs,
             constants) or "pending" (not decided yet: a traced or fused graph); what the graph views colour.
@@ -61,6 +64,8 @@ class NodeRow:
     own_sqnr_db: float | None = None
     origin: str | None = None
     module_path: str = ""
+    made_by: tuple[str, ...] = ()
+    near_misses: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     category: str = "pending"
 
@@ -139,6 +144,8 @@ def _row(node: Node, record: NodeInfo, modules: dict, value_of, error, category:
         own_sqnr_db=error.own_sqnr_db if error else None,
         origin=record.origin,
         module_path=record.module_path,
+        made_by=tuple(dict.fromkeys(str(stamp) for stamp in record.history)),
+        near_misses=tuple(dict.fromkeys(f"{rule}: {reason}" for rule, reason in record.declined)),
         inputs=tuple(arg.name for arg in node.all_input_nodes),
         category=category,
     )

@@ -16,8 +16,9 @@ _DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f
 _KIND = {"module": "mod", "function": "fn", "method": "meth", "placeholder": "input", "constant": "const"}
 
 
-def render_rows(rows: list[NodeRow], width: int = 120) -> str:
-    """The rows as one table no wider than ``width``, then the qconfig key and the float nodes' reasons."""
+def render_rows(rows: list[NodeRow], width: int = 120, rules: bool = False) -> str:
+    """The rows as one table no wider than ``width``, then the qconfig key and the float nodes' reasons; with
+    ``rules``, the passes and rules (file:line) that made each node and the near misses."""
     keys = {text: f"Q{i}" for i, text in enumerate(dict.fromkeys(r.qconfig for r in rows if r.qconfig), 1)}
     cells = [_cells(row, keys) for row in rows]
     has_error = any(row.sqnr_db is not None for row in rows)
@@ -33,6 +34,12 @@ def render_rows(rows: list[NodeRow], width: int = 120) -> str:
         lines += ["", "left float, and why:"]
         for name, reason in floats:
             lines.extend(textwrap.wrap(f"{name}: {reason}", width, initial_indent="  ", subsequent_indent="    "))
+    if rules:
+        lines += ["", "made by (pass:rule (file:line)), and near misses:"]
+        for row in rows:
+            for text in (*row.made_by, *(f"near miss {miss}" for miss in row.near_misses)):
+                lines.extend(textwrap.wrap(f"{row.name}: {text}", width, initial_indent="  ",
+                                           subsequent_indent="    "))
     return "\n".join(lines)
 
 

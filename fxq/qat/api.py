@@ -17,7 +17,8 @@ from fxq.recipes import Recipe
 def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, backend: str | None = None,
                 leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
                 concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
-                recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None) -> GraphModule:
+                recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None,
+                passes=None) -> GraphModule:
     """A copy of ``model`` with fake quantization where ``fxq.prepare`` would put observers, in training mode.
 
     Train it as the float model (the same loss and optimizer over ``prepared.parameters()``), then
@@ -30,22 +31,22 @@ def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, 
         qconfig_mapping: None for ``fxq.get_default_qat_qconfig_mapping(backend)``. Any mapping serves: its
             observers are wrapped in ``FakeQuantize``, whose per-tensor scales are learned from the observer's
             first range narrowed to the least error; bit widths below 8 come from quant_min/quant_max as for PTQ.
-        example_inputs / backend / capture / recipe / precision / ...: as for ``fxq.prepare``. The recipe keeps
+        example_inputs / backend / capture / recipe / precision / passes / ...: as for ``fxq.prepare``. The recipe keeps
             its float decisions but not its calibration-statistics corrections (bias correction), which
             training makes unnecessary.
     Raises:
         ConfigError, TraceError: as ``fxq.prepare``.
     """
     from fxq.api import _prepare
-    from fxq.backends import native_backend
+    from fxq.backends import native_backend, qconfig_family
     from fxq.qconfig_mapping import get_default_qat_qconfig_mapping
 
     backend = backend if backend is not None else native_backend()
     if qconfig_mapping is None:
-        qconfig_mapping = get_default_qat_qconfig_mapping(backend if backend != "fbgemm" else "x86")
+        qconfig_mapping = get_default_qat_qconfig_mapping(qconfig_family(backend))
     return _prepare(model, qconfig_mapping, example_inputs, backend=backend, leaf_modules=leaf_modules,
                     leaf_module_types=leaf_module_types, concrete_args=concrete_args, keep_snapshots=keep_snapshots,
-                    capture=capture, recipe=recipe, precision=precision, training=True)
+                    capture=capture, recipe=recipe, precision=precision, passes=passes, training=True)
 
 
 def freeze_observers(prepared: nn.Module, frozen: bool = True) -> nn.Module:

@@ -113,7 +113,7 @@ class _Trial:
 class _Search:
     def __init__(self, model, example_inputs, batches, evaluate, max_drop, backend, mapping, max_evaluations,
                  progress, prepare_options) -> None:
-        from fxq.api import _mapping_name
+        from fxq.backends import qconfig_family
         from fxq.qconfig_mapping import get_default_qconfig_mapping
 
         if not batches:
@@ -133,7 +133,7 @@ class _Search:
             self.metric, self.metric_name = evaluate, "evaluate"
             self.sensitivity_batches = batches[:2]
         self.batches = batches
-        self.mapping = mapping if mapping is not None else get_default_qconfig_mapping(_mapping_name(backend))
+        self.mapping = mapping if mapping is not None else get_default_qconfig_mapping(qconfig_family(backend))
         self.max_drop, self.max_evaluations = max_drop, max_evaluations
         self.prepare_options = prepare_options
         self.evaluations = 0

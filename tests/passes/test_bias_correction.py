@@ -14,18 +14,17 @@ from fxq.nn.reference import WeightQuantized
 from fxq.qconfig import default_weight
 from fxq.statistics import ChannelStatistics
 
+CORRECTION = {"after insert-observers": "record-input-statistics", "before lower": "bias-correction"}
+
 
 @pytest.fixture
-def corrected(monkeypatch):
+def corrected():
     """Quantize a model with or without bias correction, the way a recipe wires it in."""
-    base_prepare, base_convert = fxq.api.PREPARE_PASSES, fxq.api.CONVERT_PASSES
 
     def quantize(model, batches, backend="reference", correct=True, **prepare_options):
-        monkeypatch.setattr(fxq.api, "PREPARE_PASSES",
-                            (*base_prepare, "record-input-statistics") if correct else base_prepare)
-        monkeypatch.setattr(fxq.api, "CONVERT_PASSES", ("bias-correction", *base_convert) if correct else base_convert)
         prepared = fxq.prepare(model, fxq.get_default_qconfig_mapping(backend), batches[0], backend=backend,
-                               recipe="none", **prepare_options)  # the passes under test, and no recipe's
+                               recipe="none", passes=CORRECTION if correct else None,
+                               **prepare_options)  # the passes under test, and no recipe's
         with torch.no_grad():
             for batch in batches:
                 prepared(*batch)
@@ -232,15 +231,13 @@ def test_exported_linear(corrected):
         assert sqnr_db(model(x), fixed(x)) > 25
 
 
-def test_dynamic_int8_linears_are_corrected_too(monkeypatch):
+def test_dynamic_int8_linears_are_corrected_too():
     """Dynamic quantization rounds the weight the same way; its activations are quantized per call."""
-    monkeypatch.setattr(fxq.api, "PREPARE_PASSES", (*fxq.api.PREPARE_PASSES, "record-input-statistics"))
-    monkeypatch.setattr(fxq.api, "CONVERT_PASSES", ("bias-correction", *fxq.api.CONVERT_PASSES))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.ReLU(), nn.Linear(16, 4)).eval()
     x = torch.randn(64, 8) + 1
     prepared = fxq.prepare(model, fxq.QConfigMapping().set_global(fxq.get_default_dynamic_qconfig()), (x,),
-                           recipe="none")
+                           recipe="none", passes=CORRECTION)
     prepared(x)
     converted = fxq.convert(prepared)
     means = (x.double().mean(0), torch.relu(model[0](x)).double().mean(0))

@@ -15,17 +15,15 @@ from fxq.observers import MinMaxObserver, Observer
 from fxq.pass_manager import PassManager
 from fxq.statistics import ChannelStatistics
 
-BASE_PREPARE, BASE_CONVERT = fxq.api.PREPARE_PASSES, fxq.api.CONVERT_PASSES
-
 
 @pytest.fixture
-def pipeline(monkeypatch):
+def pipeline():
     """prepare (+ record-input-statistics) -> calibrate; convert with or without smoothing prepended."""
 
     def prepare(model, batches, backend="reference", mapping=None, **options):
-        monkeypatch.setattr(fxq.api, "PREPARE_PASSES", (*BASE_PREPARE, "record-input-statistics"))
         mapping = mapping or fxq.get_default_qconfig_mapping(backend)
-        prepared = fxq.prepare(model, mapping, batches[0], backend=backend, recipe="none", **options)
+        prepared = fxq.prepare(model, mapping, batches[0], backend=backend, recipe="none",
+                               passes={"after insert-observers": "record-input-statistics"}, **options)
         with torch.no_grad():
             for batch in batches:
                 prepared(*batch)
@@ -35,9 +33,7 @@ def pipeline(monkeypatch):
         # Nothing after smooth reads the statistics here (bias-correction would remove them): drop them, so
         # native kernels match. The baseline is the same pipeline with smoothing never chosen.
         gain = 3.0 if smooth else float("inf")
-        first = (Smooth(min_gain_db=gain),)
-        monkeypatch.setattr(fxq.api, "CONVERT_PASSES", (*first, *BASE_CONVERT))
-        return fxq.convert(prepared)
+        return fxq.convert(prepared, passes={"before lower": Smooth(min_gain_db=gain)})
 
     return prepare, convert
 
