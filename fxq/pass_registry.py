@@ -30,7 +30,6 @@ _BUILTIN_MODULES = {
 }
 
 _REGISTRY: dict[str, type[GraphPass]] = {}
-_ENTRY_POINTS_LOADED = False
 
 
 def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
@@ -55,17 +54,10 @@ def describe_pass(name: str) -> str:
     return f"{name!r} (from {plugin_of(cls) or f'{cls.__module__}.{cls.__qualname__}'})"
 
 
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if not _ENTRY_POINTS_LOADED:
-        _ENTRY_POINTS_LOADED = True
-        load_group("fxq.passes", register_pass)
-
-
 def get_pass(name: str) -> type[GraphPass]:
     """The pass class registered as ``name``; ConfigError listing the known names if there is none (or if an
     installed plugin fails to load)."""
-    _load_entry_points()  # first: a plugin claiming a built-in's name is an error, not a shadowed plugin
+    load_group("fxq.passes", register_pass)  # first: a plugin taking a built-in's name is an error
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
@@ -75,5 +67,5 @@ def get_pass(name: str) -> type[GraphPass]:
 
 def available_passes() -> list[str]:
     """Every pass name fxq can run (built-in, registered and from entry points), sorted."""
-    _load_entry_points()
+    load_group("fxq.passes", register_pass)
     return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))

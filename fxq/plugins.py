@@ -16,10 +16,23 @@ from typing import Any
 from fxq.errors import ConfigError
 
 _PROVIDED_BY: dict[int, str] = {}  # id of a loaded object -> "plugin 'dist' (entry point ...)"
+_LOADED: set[str] = set()
 
 
 def load_group(group: str, register: Callable[[Any], Any]) -> None:
-    """Load every entry point of ``group`` and hand each object to ``register``."""
+    """Load every entry point of ``group`` and hand each object to ``register``, once per process (a failure
+    is raised again next time rather than forgotten)."""
+    if group in _LOADED:
+        return
+    _LOADED.add(group)
+    try:
+        _load(group, register)
+    except ConfigError:
+        _LOADED.discard(group)
+        raise
+
+
+def _load(group: str, register: Callable[[Any], Any]) -> None:
     for point in entry_points(group=group):
         where = _describe(point)
         try:

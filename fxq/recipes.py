@@ -64,7 +64,6 @@ TRANSFORMER = Recipe("transformer", float_concepts=(("add", _RESIDUAL), ("add_re
 CNN = Recipe("cnn", prepare_passes=("record-input-statistics",), convert_passes=("bias-correction",))
 NONE = Recipe("none")
 RECIPES = {recipe.name: recipe for recipe in (TRANSFORMER, CNN, NONE)}
-_PLUGINS_LOADED = False
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
@@ -83,12 +82,6 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        load_group("fxq.recipes", register_recipe)
-
 
 def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str]:
     """The recipe for ``gm`` (a captured graph) and why: the one named, or for "auto" the one the graph's ops
@@ -96,7 +89,7 @@ def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str
     for an unknown name."""
     if isinstance(requested, Recipe):
         return requested, "given as a Recipe"
-    _load_plugins()  # every time prepare runs: a broken recipe plugin is reported, not skipped
+    load_group("fxq.recipes", register_recipe)  # at every prepare: a broken recipe plugin is reported, not skipped
     if requested != "auto":
         if requested not in RECIPES:
             raise ConfigError(f"unknown recipe {requested!r}; choose one of 'auto', {', '.join(map(repr, RECIPES))}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fxq
-from fxq import backends, pass_registry, recipes
+from fxq import backends, pass_registry, plugins, recipes
 from fxq.backends.table import check_backend
 from fxq.backends.x86 import X86
 from tests.test_pipelines import RUNS
@@ -25,9 +25,8 @@ def install(tmp_path, monkeypatch):
     for name in pass_registry._BUILTIN_MODULES:  # imported now: a copy of the registry then holds them all
         pass_registry.get_pass(name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for module, flag, table in ((pass_registry, "_ENTRY_POINTS_LOADED", "_REGISTRY"),
-                                (backends, "_PLUGINS_LOADED", "_BACKENDS"), (recipes, "_PLUGINS_LOADED", "RECIPES")):
-        monkeypatch.setattr(module, flag, False)
+    monkeypatch.setattr(plugins, "_LOADED", set())
+    for module, table in ((pass_registry, "_REGISTRY"), (backends, "_BACKENDS"), (recipes, "RECIPES")):
         monkeypatch.setattr(module, table, dict(getattr(module, table)))
 
     def make(name: str, entry_points: dict[str, list[str]], source: str) -> None:

@@ -13,7 +13,6 @@ from fxq.plugins import load_group
 
 _BACKENDS: dict[str, Backend] = {"reference": REFERENCE, "x86": X86, "qnnpack": QNNPACK}
 _ALIASES = {"fbgemm": "x86"}
-_PLUGINS_LOADED = False
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -27,16 +26,9 @@ def register_backend(backend: Backend) -> Backend:
     return backend
 
 
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        load_group("fxq.backends", register_backend)
-
-
 def available_backends() -> list[str]:
     """Every backend name: built-in, registered and from plugins."""
-    _load_plugins()
+    load_group("fxq.backends", register_backend)
     return sorted(_BACKENDS)
 
 
@@ -62,7 +54,7 @@ def get_backend(name: str | Backend) -> Backend:
     """The backend called ``name`` (or ``name`` itself if it is a Backend)."""
     if isinstance(name, Backend):
         return name
-    _load_plugins()
+    load_group("fxq.backends", register_backend)
     key = _ALIASES.get(name, name)
     if key not in _BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; available: {', '.join(sorted(_BACKENDS))}")

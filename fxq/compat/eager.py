@@ -54,7 +54,7 @@ class EagerPrepared(nn.Module):
             example = dict(kwargs) if kwargs and not args else args
             if kwargs and args:
                 raise ConfigError("an eager-prepared model takes positional or keyword arguments, not both")
-            self.prepared = fxq.prepare(self.model, self.mapping, example, backend=self.backend)
+            self.prepared = fxq.prepare(self.model, self.mapping, example, backend=self.backend, recipe="none")
         return self.prepared(*args, **kwargs)
 
 

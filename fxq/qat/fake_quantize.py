@@ -78,8 +78,11 @@ class FakeQuantize(Observer):
             return torch._fake_quantize_learnable_per_tensor_affine(  # |scale|: a step past 0 must not flip it
                 x, self.scale.abs(), self.zero_point if self.learn_zero_point else self.zero_point.float(), self.quant_min,
                 self.quant_max, grad_factor)
-        return torch.fake_quantize_per_tensor_affine(x, scale.detach().float(), _levels(zero_point), self.quant_min,
-                                                     self.quant_max)
+        rounded = torch.fake_quantize_per_tensor_affine(x, scale.detach().float(), _levels(zero_point),
+                                                        self.quant_min, self.quant_max)
+        if self.learn_scale and self.training:  # rounding with its source's qparams: its own get a zero gradient,
+            rounded = rounded + 0.0 * (self.scale.sum() + self.zero_point.sum())  # so DDP sees every parameter used
+        return rounded
 
     def _set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         if self.learn_scale:

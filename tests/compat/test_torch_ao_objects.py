@@ -51,16 +51,16 @@ def _min_max_mapping(backend):
 def test_fxq_compat_and_torch_ao_agree_given_the_same_mapping(mapping, backend, make, engine):
     model = _model(make, backend)
     ao = _quantized(quantize_fx.prepare_fx, quantize_fx.convert_fx, model, mapping(backend))
-    ours = _quantized(prepare_fx, convert_fx, model, mapping(backend), recipe="none")
+    ours = _quantized(prepare_fx, convert_fx, model, mapping(backend))  # compat's default: torch.ao's pipeline
     x = images(16, 77)
     with torch.no_grad():  # identical outputs on qnnpack; x86 measured 42.4-43.9 dB, fxq's last linear returning
         assert sqnr_db(ao(x), ours(x)) >= 40  # float where torch.ao requantizes to 7 bits and dequantizes
 
 
 @pytest.mark.parametrize("backend", ["x86", "qnnpack"])
-def test_fxq_compat_applies_its_recipe_to_torch_ao_default_mappings(backend, engine):
+def test_fxq_compat_applies_fxq_recipes_when_asked(backend, engine):
     model = _model(PlainCNN, backend)
-    ours = _quantized(prepare_fx, convert_fx, model, tq.get_default_qconfig_mapping(backend))
+    ours = _quantized(prepare_fx, convert_fx, model, tq.get_default_qconfig_mapping(backend), recipe="auto")
     x = images(16, 77)
     with torch.no_grad():  # bias correction on: not torch.ao's model (28.2 / 32.9 dB from it), as near float
         assert sqnr_db(model(x), ours(x)) >= 25  # 27.0 (x86) / 32.9 measured; torch.ao's 26.4 / 32.4
