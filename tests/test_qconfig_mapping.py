@@ -414,7 +414,7 @@ def test_fbgemm_is_an_alias_of_x86():
 @pytest.mark.parametrize("make", [get_default_qconfig, get_default_qconfig_mapping,
                                   get_default_qat_qconfig_mapping])
 def test_unknown_backend_lists_the_known_ones(make):
-    with pytest.raises(ConfigError, match=r"'tpu'; known: x86, fbgemm, qnnpack, reference"):
+    with pytest.raises(ConfigError, match=r"unknown backend 'tpu'; available: (.*, )?qnnpack, (.*, )?reference, x86"):
         make("tpu")
 
 
