@@ -11,13 +11,17 @@ weighted by the batches each rank saw. See docs/distributed.md.
 Failures never hang the others: the same exchange carries each rank's status (the error it hit while calibrating,
 or an observer holding NaN/Inf), and every collective waits at most ``timeout``. Any failure makes every rank raise
 the same ``CalibrationError`` naming the rank and the node.
+
+``tune`` is ``fxq.tune`` with its independent measurements shared among the ranks the same way: one all-gather
+per step carries every rank's results (or its failure), and every decision is taken from them, so every rank
+returns the same plan.
 """
 
 from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -27,14 +31,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fxq.errors import CalibrationError, ConfigError, first_line
+from fxq.errors import CalibrationError, ConfigError, FxqError, first_line
 from fxq.observers import Observer
 from fxq.qat.batch_norm import FreezableBatchNorm
 from fxq.qat.batch_norm_statistics import reestimate_bn_stats
 from fxq.qat.recent_batches import RecentBatches
 from fxq.statistics import ChannelStatistics
+from fxq.tuning import search
 
 DEFAULT_TIMEOUT = timedelta(seconds=60)
+TUNE_TIMEOUT = timedelta(minutes=30)  # the ranks wait for one another's evaluations, which take what they take
 
 
 def sync_observers(prepared: nn.Module, group: Any = None, timeout: timedelta = DEFAULT_TIMEOUT,
@@ -107,6 +113,57 @@ def calibrating(prepared: nn.Module, group: Any = None, timeout: timedelta = DEF
         sync_observers(prepared, group, timeout)
 
 
+def tune(model: nn.Module, example_inputs, calibration_data: Iterable, evaluate: Callable | None = None, *,
+         group: Any = None, timeout: timedelta = TUNE_TIMEOUT, **options) -> search.TuneResult:
+    """``fxq.tune`` with its work shared among the ranks of ``group`` (None: the default group); every rank returns
+    the same plan and model. A collective: call it on every rank, with the same model, data and options.
+
+    Each rank times and measures the sensitivity of every world-th layer; ranks 0 and 1 score the float model and
+    the first plan; each round of the binary search probes one plan per rank; the other steps run on rank 0 while
+    the rest wait. Every plan is calibrated on all of ``calibration_data`` on the rank that builds it: the ranks
+    build different plans, so there is no shard to sync. Timings of a layer or a plan come from the rank that
+    measured them (latencies relative to the float model timed there, scaled to rank 0's float time).
+
+    Args:
+        options: ``fxq.tune``'s (``max_drop``, ``backend``, ``max_evaluations``, ``progress``, ...).
+        timeout: how long a rank waits for the others at each exchange: longer than the slowest step (an
+            evaluation). The process group's own timeout bounds it too. An error on a rank reaches the others
+            at once.
+    Raises:
+        FxqError: on every rank, naming the rank, when any rank's share raised (``evaluate`` did, say), when the
+            ranks' searches differ (their models, data or options do), or when an exchange failed or timed out.
+    """
+    return search.tune(model, example_inputs, calibration_data, evaluate, spread=_Ranks(group, timeout), **options)
+
+
+class _Ranks(search.Spread):
+    """Rank r runs items r, r + world, ...; one all-gather gives every rank all the results, or every failure."""
+
+    def __init__(self, group: Any, timeout: timedelta) -> None:
+        self.group, self.timeout = group, timeout
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+
+    def map(self, work: Callable[[list], list], items: Sequence) -> list:
+        items, results, status, failure = list(items), [], None, None
+        try:
+            results = work(items[self.rank::self.world])
+        except Exception as error:  # noqa: BLE001 - whatever went wrong, the other ranks must hear of it
+            failure, status = error, f"{type(error).__name__}: {first_line(error)}"
+        payload = {"status": status, "items": items, "results": results}
+        gathered = _all_gather(payload, self.group, self.timeout, self.rank, "fxq.distributed.tune", FxqError)
+        failed = [(rank, p["status"]) for rank, p in enumerate(gathered) if p["status"] is not None]
+        if failed:
+            rank, message = failed[0]
+            raise FxqError(f"distributed tuning failed on rank {rank}: {message}"
+                           + (f" ({len(failed) - 1} more rank(s) failed too)" if len(failed) > 1 else "")) \
+                from failure
+        for rank, other in enumerate(gathered):
+            if other["items"] != gathered[0]["items"]:
+                raise FxqError(f"rank {rank}'s tuning search went another way than rank 0's: call "
+                               "fxq.distributed.tune with the same model, data and options on every rank")
+        return [gathered[index % self.world]["results"][index // self.world] for index in range(len(items))]
+
+
 def _observers(prepared: nn.Module) -> dict[str, Observer | ChannelStatistics]:
     """What calibration records, by name: observers not inside another (a fake quantizer merges its own), and
     the channel statistics some passes record besides (bias correction's input means)."""
@@ -161,28 +218,29 @@ def _assign(target: nn.Module, source: nn.Module) -> None:
                 setattr(mine, key, value)
 
 
-def _all_gather(payload: Any, group: Any, timeout: timedelta, me: int) -> list[Any]:
+def _all_gather(payload: Any, group: Any, timeout: timedelta, me: int, caller: str = "sync_observers",
+                error: type[FxqError] = CalibrationError) -> list[Any]:
     """Every rank's ``payload``, in rank order: its pickled length, then the padded bytes, each collective waited
-    for at most ``timeout``."""
+    for at most ``timeout`` (else ``error``, naming the function every rank must call)."""
     data = torch.frombuffer(bytearray(pickle.dumps(payload)), dtype=torch.uint8)
     size = torch.tensor([data.numel()], dtype=torch.int64)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
-    _wait(dist.all_gather(sizes, size, group=group, async_op=True), timeout, me, "sizes")
+    _wait(dist.all_gather(sizes, size, group=group, async_op=True), timeout, me, "sizes", caller, error)
     longest = int(max(sizes))
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[:data.numel()] = data
     chunks = [torch.empty(longest, dtype=torch.uint8) for _ in sizes]
-    _wait(dist.all_gather(chunks, padded, group=group, async_op=True), timeout, me, "observer states")
+    _wait(dist.all_gather(chunks, padded, group=group, async_op=True), timeout, me, "their data", caller, error)
     return [pickle.loads(chunk[:int(n)].numpy().tobytes()) for chunk, n in zip(chunks, sizes, strict=True)]
 
 
-def _wait(work: Any, timeout: timedelta, me: int, what: str) -> None:
+def _wait(work: Any, timeout: timedelta, me: int, what: str, caller: str, error: type[FxqError]) -> None:
     try:
         work.wait(timeout)
-    except Exception as error:  # noqa: BLE001 - gloo raises RuntimeError or DistBackendError, by version
-        raise CalibrationError(f"rank {me}: exchanging {what} with the other ranks failed or timed out after "
-                               f"{timeout.total_seconds():g} s: a rank crashed or did not call sync_observers "
-                               f"({first_line(error)})") from error
+    except Exception as cause:  # noqa: BLE001 - gloo raises RuntimeError or DistBackendError, by version
+        raise error(f"rank {me}: exchanging {what} with the other ranks failed or timed out after "
+                    f"{timeout.total_seconds():g} s: a rank crashed or did not call {caller} "
+                    f"({first_line(cause)})") from cause
 
 
 def _norms(prepared: nn.Module) -> dict[str, FreezableBatchNorm]:

@@ -13,7 +13,7 @@ interleaved (``fxq.timing``) and repeated until a timed call lasts long enough f
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -58,16 +58,16 @@ def tunable_layers(gm: GraphModule) -> dict[str, list[Node]]:
 
 
 def measure_layer_times(prepared: GraphModule, converted: GraphModule, example_inputs: tuple,
-                        rounds: int = 15) -> dict[str, LayerTime]:
-    """int8 vs float time of every layer ``converted`` runs on an int8 kernel (``prepared`` is the calibrated
-    model it was converted from; both are only read)."""
+                        rounds: int = 15, paths: Collection[str] | None = None) -> dict[str, LayerTime]:
+    """int8 vs float time of every layer ``converted`` runs on an int8 kernel, or of those among ``paths``
+    (``prepared`` is the calibrated model it was converted from; both are only read)."""
     float_values = node_values(prepared, example_inputs)
     int8_values = node_values(converted, example_inputs)
     float_layers = tunable_layers(prepared)
     times = {}
     for path, nodes in tunable_layers(converted).items():
         kernels = kernel_nodes(nodes)
-        if not kernels or path not in float_layers:
+        if not kernels or path not in float_layers or (paths is not None and path not in paths):
             continue
         owned = _with_conversions(kernels)
         int8_calls = [(run_alone(converted, node, int8_values), share) for node, share in owned.items()]

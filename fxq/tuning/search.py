@@ -16,13 +16,19 @@ The search, in metric evaluations (the expensive part; each plan is also quantiz
 Every plan evaluated is a point of score against latency measured on the example inputs; the result is the
 passing plan with the fewest float and the most int8 layers, else the best-scoring one, with by how much it
 misses and what could help.
+
+Independent work goes through a ``Spread``: each layer's time and sensitivity, the float model's score with the
+first plan's, and the binary search's probes (as many per round as the spread has workers: a (workers + 1)-ary
+search). ``fxq.distributed.tune`` shares it among the ranks of a process group; every decision is taken from
+the gathered results, so every rank takes the same ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -46,6 +52,17 @@ TUNE_KEY = "fxq_tune"  # the tuned model's meta: its TuneReport
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
+class Spread:
+    """Runs the search's independent pieces of work: all in this process here; ``fxq.distributed.tune`` uses one
+    that shares them among ranks. ``map`` must return every item's result, the same in every worker."""
+
+    world = 1  # workers: the binary search probes this many plans at once
+
+    def map(self, work: Callable[[list], list], items: Sequence) -> list:
+        """``work(items)``, which returns one result per item, in item order (a worker runs its share)."""
+        return work(list(items))
+
+
 @dataclass
 class TuneResult:
     """The tuned model, the same plan as QConfigMapping rules (``mapping.to_json()`` saves it), the plan itself
@@ -60,7 +77,7 @@ class TuneResult:
 def tune(model: nn.Module, example_inputs, calibration_data: Iterable, evaluate: Callable | None = None, *,
          max_drop: float = DEFAULT_MAX_DROP, backend: str = "x86", qconfig_mapping: QConfigMapping | None = None,
          max_evaluations: int = MAX_EVALUATIONS, keep_slow_float: bool = True, runtime: str = "auto",
-         progress: Progress | None = None, **prepare_options) -> TuneResult:
+         progress: Progress | None = None, spread: Spread | None = None, **prepare_options) -> TuneResult:
     """Quantize ``model`` with the fastest per-layer precision plan that keeps ``evaluate`` within ``max_drop``.
 
     Args:
@@ -73,6 +90,8 @@ def tune(model: nn.Module, example_inputs, calibration_data: Iterable, evaluate:
         max_evaluations: the most ``evaluate`` calls to make, the float model's included.
         keep_slow_float: keep float the layers whose int8 form is slower in context (both times reported).
         progress: called as ``progress(stage, done, total)`` as calibration and the search advance.
+        spread: who does the independent measurements; None: this process (``fxq.distributed.tune`` passes its
+            process group's).
     Returns:
         A ``TuneResult``; when no plan meets the budget it holds the best plan found and says why.
     Raises:
@@ -88,7 +107,7 @@ def tune(model: nn.Module, example_inputs, calibration_data: Iterable, evaluate:
     if max_evaluations < 2:
         raise ConfigError("max_evaluations must be at least 2 (the float model and one plan)")
     search = _Search(model, example_inputs, list(calibration_data), evaluate, float(max_drop), backend,
-                     qconfig_mapping, max_evaluations, progress or _quiet, prepare_options)
+                     qconfig_mapping, max_evaluations, progress or _quiet, spread or Spread(), prepare_options)
     return search.run(keep_slow_float, runtime)
 
 
@@ -107,18 +126,18 @@ def _positional(batch) -> tuple:
 @dataclass
 class _Trial:
     point: TunePoint
-    model: GraphModule
+    model: GraphModule | None  # None when another worker built and evaluated it
 
 
 class _Search:
     def __init__(self, model, example_inputs, batches, evaluate, max_drop, backend, mapping, max_evaluations,
-                 progress, prepare_options) -> None:
+                 progress, spread, prepare_options) -> None:
         from fxq.backends import qconfig_family
         from fxq.qconfig_mapping import get_default_qconfig_mapping
 
         if not batches:
             raise CalibrationError("tune() got no calibration batches; pass an iterable of representative inputs")
-        self.model, self.backend, self.progress = model, backend, progress
+        self.model, self.backend, self.progress, self.spread = model, backend, progress, spread
         self.example_inputs = _positional(example_inputs)
         batches = [_positional(batch) for batch in batches]
         if evaluate is None:
@@ -137,27 +156,27 @@ class _Search:
         self.max_drop, self.max_evaluations = max_drop, max_evaluations
         self.prepare_options = prepare_options
         self.evaluations = 0
+        self.models: dict[tuple, GraphModule] = {}  # the plans this worker built, by _key
         self.trials: list[_Trial] = []
         self.float_misses = False  # every tunable layer float still misses the budget
 
     # -- the steps -------------------------------------------------------------------------------------------
     def run(self, keep_slow_float: bool, runtime: str) -> TuneResult:
         self.runtime = runtime
-        self.float_score = self._score(self.model)
-        self.float_ms = time_interleaved({"float": self._calling(self.model)}, rounds=8, warmup=1)["float"]
+        self.progress("searching", 0, self.max_evaluations)
         prepared, all_int8 = self._build({})
         layers = self._tunable(prepared, all_int8)
-        self.progress("timing layers", 0, 1)
-        times = measure_layer_times(prepared, all_int8, self.example_inputs)
-        self.progress("timing layers", 1, 1)
-        own = layer_sensitivity(prepared, all_int8, self.sensitivity_batches)
-        sensitivity = {path: own.get(path, math.inf) for path in layers}
+        measured = self.spread.map(partial(self._measure, prepared, all_int8), list(layers))
+        times = {path: timed for path, (timed, _) in zip(layers, measured, strict=True) if timed is not None}
+        sensitivity = {path: own for path, (_, own) in zip(layers, measured, strict=True)}
         slow = {path: times[path] for path in layers if keep_slow_float and has_kernels(self.backend)
                 and path in times and times[path].int8_is_slower}  # a simulating backend has no speed to gain
         reasons = {path: f"int8 is slower here ({timed.describe()})" for path, timed in slow.items()}
         self.notes = []
         if slow:
-            faster, note = self._confirm_faster(all_int8, {path: "float" for path in slow}, reasons)
+            confirm = partial(self._confirm_faster, all_int8, reasons=reasons)
+            [(faster, note)] = self.spread.map(lambda plans: [confirm(plan) for plan in plans],
+                                               [{path: "float" for path in slow}])  # one timing decides for all
             self.notes.append(note)
             if not faster:
                 slow, reasons = {}, {}
@@ -167,10 +186,22 @@ class _Search:
         chosen = self._search(base, reasons, ranked, layers)
         for trial in self.trials:
             trial.point = replace(trial.point, chosen=trial is chosen)
+        self.spread.map(list, [chosen.point.label])  # the workers end together, on one choice, or learn they differ
         plan = PrecisionPlan({**chosen.point.plan}, "search", reasons)
+        model = chosen.model if chosen.model is not None else self._build(chosen.point.plan, reasons)[1]
         report = self._report(chosen, layers, times, sensitivity, plan)
-        _attach(chosen.model, self.model, self.backend, report)
-        return TuneResult(chosen.model, plan.to_mapping(self.mapping, self.backend), plan, report)
+        _attach(model, self.model, self.backend, report)
+        return TuneResult(model, plan.to_mapping(self.mapping, self.backend), plan, report)
+
+    def _measure(self, prepared: GraphModule, all_int8: GraphModule, paths: list[str]) -> list[tuple]:
+        """(int8 vs float time, or None if it runs no int8 kernel; sensitivity) of each layer in ``paths``."""
+        if not paths:
+            return []
+        self.progress("timing layers", 0, len(paths))
+        times = measure_layer_times(prepared, all_int8, self.example_inputs, paths=paths)
+        own = layer_sensitivity(prepared, all_int8, self.sensitivity_batches, paths=paths)
+        self.progress("timing layers", len(paths), len(paths))
+        return [(times.get(path), own.get(path, math.inf)) for path in paths]
 
     def _confirm_faster(self, all_int8: GraphModule, speed_plan: dict[str, str], reasons: dict) -> tuple[bool, str]:
         """Per-layer times leave out what a whole model adds (the runtime's per-op cost, caches); keep the layers
@@ -186,7 +217,8 @@ class _Search:
                        f"with them float ({both})")
 
     def _search(self, base: dict, reasons: dict, ranked: list[str], layers: dict[str, str]) -> _Trial:
-        trial = self._trial("int8 where faster" if base else "int8 everywhere", base, reasons, layers)
+        label = "int8 where faster" if base else "int8 everywhere"
+        [trial] = self._trials([None, (label, base)], reasons, layers)  # and the float model, the baseline
         for rung in self._rungs(ranked, layers):
             if trial.point.meets_budget or not self._can_evaluate():
                 break
@@ -199,16 +231,20 @@ class _Search:
         return self._best()
 
     def _fewest(self, base, reasons, ranked, rung, layers, passing: _Trial) -> _Trial:
-        """Binary search: the fewest top-ranked layers at ``rung`` that meet the budget (assumes monotony)."""
+        """The fewest top-ranked layers at ``rung`` that meet the budget (assumes monotony): each round probes
+        one count per worker, evenly spaced inside the interval left (one worker: a binary search)."""
         low, high, best = 0, len(ranked), passing
+        parts = self.spread.world + 1
         while high - low > 1 and self._can_evaluate():
-            middle = (low + high) // 2
-            trial = self._trial(f"top {middle} at {rung}", _moved(base, ranked[:middle], rung, layers), reasons,
-                                layers)
-            if trial.point.meets_budget:
-                high, best = middle, trial
-            else:
-                low = middle
+            counts = sorted({low + (high - low) * k // parts for k in range(1, parts)} - {low})
+            counts = counts[:self.max_evaluations - self.evaluations]
+            trials = self._trials([(f"top {n} at {rung}", _moved(base, ranked[:n], rung, layers)) for n in counts],
+                                  reasons, layers)
+            for count, trial in zip(counts, trials, strict=True):
+                if trial.point.meets_budget:
+                    high, best = count, trial
+                    break
+                low = count
         return best
 
     def _trim(self, base, reasons, ranked, layers, passing: _Trial) -> _Trial:
@@ -243,18 +279,41 @@ class _Search:
         return prepared, convert(prepared, runtime=self.runtime)
 
     def _trial(self, label: str, assignments: dict[str, str], reasons: dict, layers: dict[str, str]) -> _Trial:
-        _, model = self._build(assignments, reasons)
+        return self._trials([(label, assignments)], reasons, layers)[0]
+
+    def _trials(self, plans: list, reasons: dict, layers: dict[str, str]) -> list[_Trial]:
+        """Each of ``plans``, (label, assignments), built, scored and timed, shared out by the spread. A None
+        first stands for the float model: its score and time, the baseline of the others, are set here."""
+        outcomes = self.spread.map(lambda mine: [self._evaluate(plan, reasons) for plan in mine], plans)
+        self.evaluations += len(plans)
+        self.progress("searching", self.evaluations, self.max_evaluations)
+        trials = []
+        for plan, (score, ms) in zip(plans, outcomes, strict=True):
+            if plan is None:
+                self.float_score, self.float_ms = score, ms
+                continue
+            label, assignments = plan
+            point = TunePoint(label=label, plan=dict(assignments),
+                              int8_layers=sum(path not in assignments for path in layers), score=score,
+                              latency_ms=ms * self.float_ms, meets_budget=score >= self.float_score - self.max_drop)
+            trials.append(_Trial(point, self.models.get(_key(assignments))))
+        self.trials += trials
+        return trials
+
+    def _evaluate(self, plan: tuple[str, dict[str, str]] | None, reasons: dict) -> tuple[float, float]:
+        """The float model's (score, ms per call), or a plan's (score, time relative to the float model's): timed
+        against it in the same rounds, so drifts of a busy machine, and another machine's speed, cancel."""
+        if plan is None:
+            return self._score(self.model), time_interleaved({"float": self._calling(self.model)}, rounds=8,
+                                                             warmup=1)["float"]
+        _, model = self._build(plan[1], reasons)
+        self.models[_key(plan[1])] = model
         score = self._score(model)
-        point = TunePoint(label=label, plan=dict(assignments),
-                          int8_layers=sum(path not in assignments for path in layers), score=score,
-                          latency_ms=self._latency(model), meets_budget=score >= self.float_score - self.max_drop)
-        trial = _Trial(point, model)
-        self.trials.append(trial)
-        return trial
+        timed = time_interleaved({"model": self._calling(model), "float": self._calling(self.model)}, rounds=8,
+                                 warmup=1)
+        return score, timed["model"] / timed["float"]
 
     def _score(self, model: nn.Module) -> float:
-        self.evaluations += 1
-        self.progress("searching", self.evaluations, self.max_evaluations)
         try:
             score = float(self.metric(model))
         except (TypeError, ValueError) as err:
@@ -265,13 +324,6 @@ class _Search:
 
     def _can_evaluate(self) -> bool:
         return self.evaluations < self.max_evaluations
-
-    def _latency(self, model: nn.Module) -> float:
-        """Milliseconds per call on the example inputs, timed against the float model in the same rounds and
-        scaled to its first measurement, so drifts of a busy machine cancel."""
-        timed = time_interleaved({"model": self._calling(model), "float": self._calling(self.model)}, rounds=8,
-                                 warmup=1)
-        return timed["model"] / timed["float"] * self.float_ms
 
     def _calling(self, model: nn.Module) -> Callable[[], object]:
         return lambda: model(*self.example_inputs)
@@ -317,6 +369,10 @@ def _why(precision: str, timed: LayerTime | None, sensitivity_db: float) -> str:
     if timed is not None and timed.int8_is_slower:
         return "slower in int8 alone, but the whole model is not faster with such layers float (see the notes)"
     return "the search keeps it int8"
+
+
+def _key(assignments: dict[str, str]) -> tuple:
+    return tuple(sorted(assignments.items()))
 
 
 def _moved(base: dict[str, str], paths: list[str], rung: str, layers: dict[str, str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ the ranking ``fxq.tune`` moves layers up the precision ladder by.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch.fx import GraphModule, Node
@@ -19,11 +20,14 @@ from fxq.observers import Observer
 from fxq.tuning.layer_times import kernel_nodes, node_values, run_alone, tunable_layers
 
 
-def layer_sensitivity(prepared: GraphModule, converted: GraphModule, batches: list[tuple]) -> dict[str, float]:
-    """Path -> SQNR (dB) of each int8 layer's output given exact inputs, over ``batches``; inf if exact."""
+def layer_sensitivity(prepared: GraphModule, converted: GraphModule, batches: list[tuple],
+                      paths: Collection[str] | None = None) -> dict[str, float]:
+    """Path -> SQNR (dB) of each int8 layer's output (of those among ``paths``) given exact inputs, over
+    ``batches``; inf if exact."""
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
-    layers = {path: kernel_nodes(nodes) for path, nodes in tunable_layers(converted).items()}
+    layers = {path: kernel_nodes(nodes) for path, nodes in tunable_layers(converted).items()
+              if paths is None or path in paths}
     for batch in batches:
         clean = _by_origin(prepared, node_values(prepared, batch))
         values = node_values(converted, batch)

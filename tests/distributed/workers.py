@@ -12,8 +12,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import fxq
+import fxq.distributed
 from fxq.distributed import calibrating, sync_observers
-from fxq.errors import CalibrationError
+from fxq.errors import CalibrationError, FxqError
 from fxq.observers import (
     HistogramObserver,
     MinMaxObserver,
@@ -24,7 +25,9 @@ from fxq.observers import (
 from fxq.qconfig import QConfig, default_weight
 from fxq.qconfig_mapping import QConfigMapping
 from fxq.statistics import ChannelStatistics
+from fxq.tuning.proxy import OutputCosine
 from tests.models import calibration_batches, example_inputs, make_model
+from tests.tuning.models import OneOutlier, batches
 
 MODEL, BATCHES = "resnet", 6
 
@@ -130,14 +133,14 @@ def failure_on_rank_0(rank: int, world: int) -> dict:
 
 def qat_with_ddp(rank: int, world: int) -> dict:
     """A few DDP steps of the default QAT model; the first batch runs before wrapping, so DDP broadcasts rank 0's
-    initial learned scales with the weights. find_unused_parameters: a quantizer rounding with its input's qparams
-    (after an average pool) leaves its own learned scale out of the graph."""
+    initial learned scales with the weights. No find_unused_parameters: a quantizer rounding with its input's
+    qparams (after an average pool) keeps its own learned scale in the graph, with a zero gradient."""
     torch.manual_seed(0)
     prepared = fxq.prepare_qat(make_model(MODEL), None, example_inputs(MODEL))
     batches = shard(rank, world)
     with torch.no_grad():
         prepared(*batches[0])
-    ddp = DistributedDataParallel(prepared, find_unused_parameters=True)
+    ddp = DistributedDataParallel(prepared)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
     for batch in batches:
         optimizer.zero_grad()
@@ -162,13 +165,75 @@ SCENARIOS = {"calibration": calibration, "empty_rank": empty_rank, "nan_on_rank_
              "failure_on_rank_0": failure_on_rank_0, "qat_with_ddp": qat_with_ddp, "silent_rank_1": silent_rank_1}
 
 
+def tune_case() -> tuple:
+    """(model, calibration batches, a deterministic metric) whose search goes past int8 everywhere: fc2 costs
+    accuracy. The speed rule is off, so no timing decides anything (latency only breaks ties of equal plans)."""
+    model = OneOutlier().eval()
+    return model, batches(32, 6), OutputCosine(model, batches(32, 2, seed=1))
+
+
+TUNE_OPTIONS = {"runtime": "graph", "keep_slow_float": False}
+_FAILING = {**TUNE_OPTIONS, "timeout": timedelta(seconds=20)}  # a hang fails the test long before the deadline
+PROBE = batches(32, 1, seed=5)[0]
+
+
+def tuned(rank: int, world: int) -> dict:
+    """fxq.distributed.tune, recording this rank's share: its evaluate calls and the layers it measured."""
+    model, data, metric = tune_case()
+    calls, measured = [], []
+
+    def evaluate(candidate) -> float:
+        calls.append(candidate)
+        return metric(candidate)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "timing layers":
+            measured.append(total)
+
+    result = fxq.distributed.tune(model, data[0], data, evaluate, progress=progress, **TUNE_OPTIONS)
+    with torch.no_grad():
+        output = result.model(*PROBE)
+    return {"plan": result.plan.assignments, "report": result.report.to_dict(), "output": output,
+            "evaluate_calls": len(calls), "layers_measured": max(measured, default=0)}
+
+
+def evaluate_fails_on_rank_1(rank: int, world: int) -> dict:
+    model, data, metric = tune_case()
+
+    def evaluate(candidate) -> float:
+        if rank == 1:
+            raise RuntimeError("metric server unreachable")
+        return metric(candidate)
+
+    return {"error": _tune_error(lambda: fxq.distributed.tune(model, data[0], data, evaluate, **_FAILING))}
+
+
+def options_differ(rank: int, world: int) -> dict:
+    """Rank 1's budget is loose enough for int8 everywhere: it would stop where rank 0 searches on."""
+    model, data, metric = tune_case()
+    options = {**_FAILING, "max_drop": 0.5 if rank == 1 else 0.01}
+    return {"error": _tune_error(lambda: fxq.distributed.tune(model, data[0], data, metric, **options))}
+
+
+def _tune_error(run) -> str | None:
+    try:
+        run()
+    except FxqError as error:
+        return str(error)
+    return None
+
+
+TUNE_SCENARIOS = {"tuned": tuned, "evaluate_fails_on_rank_1": evaluate_fails_on_rank_1,
+                  "options_differ": options_differ}
+
+
 def run(rank: int, world: int, port: int, out_dir: str, scenarios: list[str]) -> None:
     """The entry point ``torch.multiprocessing`` spawns."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
     try:
-        results = {name: SCENARIOS[name](rank, world) for name in scenarios}
+        results = {name: {**SCENARIOS, **TUNE_SCENARIOS}[name](rank, world) for name in scenarios}
     finally:
         dist.destroy_process_group()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
