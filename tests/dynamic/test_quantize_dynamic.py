@@ -229,3 +229,44 @@ def test_int4_kernel_layers_hold_one_copy_of_the_weight_and_read_it_back_exactly
     assert double.qweight is not None
     assert torch.equal(single.state_dict()["qweight"], double.state_dict()["qweight"])
     assert torch.equal(single.weight, double.weight)
+
+
+def _dynamic_weight(dtype, seed):
+    """A (32, 64) weight as DynamicLinear takes it: qint8 per channel, or float16."""
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(seed))
+    if dtype == torch.float16:
+        return weight.half()
+    return torch.quantize_per_channel(weight, weight.abs().amax(1) / 127, torch.zeros(32, dtype=torch.long), 0,
+                                      torch.qint8)
+
+
+def _holds_one_weight_copy(layer):
+    """No weight tensor beside the kernel's packed one: the bias is the only tensor the module keeps."""
+    tensors = [name for name, value in vars(layer).items() if isinstance(value, torch.Tensor)]
+    return not tensors and list(dict(layer.named_buffers())) == ["bias"]
+
+
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
+def test_dynamic_linear_holds_only_the_packed_weight_and_round_trips_it_exactly(dtype, tmp_path):
+    import pickle
+
+    from fxq.nn.quantized import weight_state
+
+    weight, bias = _dynamic_weight(dtype, 0), torch.randn(32, generator=torch.Generator().manual_seed(1))
+    layer = DynamicLinear(weight, bias, relu=True)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(2))
+    expected = layer(x)
+    assert _holds_one_weight_copy(layer)
+    state = layer.state_dict()  # what the module stored when it kept the weight itself: read back from the kernel
+    assert state.keys() == {"bias", *weight_state.keys_like(weight)}
+    assert all(torch.equal(state[key], value) for key, value in weight_state.to_state(weight).items())
+    other = DynamicLinear(_dynamic_weight(dtype, 3), torch.zeros(32), relu=True)
+    other.load_state_dict(state)
+    fxq.save(layer, tmp_path / "layer.fxq")
+    for copy_of in (other, copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), fxq.load(tmp_path / "layer.fxq")):
+        assert _holds_one_weight_copy(copy_of) and torch.equal(copy_of(x), expected)
+        assert all(torch.equal(copy_of.state_dict()[key], value) for key, value in state.items())
+    assert torch.equal(torch.jit.script(layer)(x), expected)
+    layer.bias = torch.zeros(32)
+    layer._repack()  # repacks the packed weight with the new bias
+    assert torch.equal(layer(x), DynamicLinear(weight, torch.zeros(32), relu=True)(x))

@@ -1,6 +1,10 @@
 """Dynamically quantized Linear: float in, float out. The weight is int8 (prepacked) or fp16; with an int8
 weight the kernel quantizes each input batch to 8 bits from its own min/max on the fly, so no calibration is
-needed. The choice users make first for NLP models: linear layers dominate their time and their weights."""
+needed. The choice users make first for NLP models: linear layers dominate their time and their weights.
+
+The kernel's packed weight is the only copy in memory: ``qweight`` unpacks it (the kernels give back exactly the
+weight they packed), so ``state_dict``, pickling, ``fxq.save`` and ``.weight`` see what they saw when the module
+kept its own copy as well, which doubled its memory."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ class DynamicLinear(PackedWeightModule):
     in 16-bit accumulation at full range; ``fxq.quantize_dynamic`` narrows the weights to 7 bits instead)."""
 
     fxq_concept = "linear"
+    # read off each weight as it is packed: a weight loaded by fxq.load or unpickling comes without them
+    _kernel_state = (*PackedWeightModule._kernel_state, "fp16", "in_features", "out_features")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
                  reduce_range: bool = False) -> None:
@@ -25,12 +31,17 @@ class DynamicLinear(PackedWeightModule):
         self._repack()
 
     @property
-    def in_features(self) -> int:
-        return self.qweight.shape[1]
+    def qweight(self) -> torch.Tensor:
+        """The qint8 or float16 weight, unpacked from the kernel's copy on each access."""
+        if self.fp16:
+            return torch.ops.quantized.linear_unpack_fp16(self._packed)[0].half()
+        return torch.ops.quantized.linear_unpack(self._packed)[0]
 
-    @property
-    def out_features(self) -> int:
-        return self.qweight.shape[0]
+    @qweight.setter
+    @torch.jit.unused
+    def qweight(self, weight: torch.Tensor) -> None:
+        # held until _repack() packs it, where fxq.load and unpickling put the weight they read
+        self.__dict__["qweight"] = weight
 
     @property
     def weight(self) -> torch.Tensor:
@@ -38,14 +49,19 @@ class DynamicLinear(PackedWeightModule):
         ``.weight`` (its dtype, shape or device), as some Hugging Face models do; the layer runs on the packed one."""
         return self.qweight.dequantize() if not self.fp16 else self.qweight.float()
 
-    @property
-    def fp16(self) -> bool:
-        return self.qweight.dtype == torch.float16
+    def __getstate__(self):
+        """Pickled and saved with its weight, as when the module kept one."""
+        return {**super().__getstate__(), "qweight": self.qweight}
 
     def _pack(self):
+        weight = self.__dict__.pop("qweight", None)  # set or loaded since the last packing
+        if weight is None:  # repacking the packed weight (for a new bias, say)
+            weight = self.qweight
+        self.fp16 = weight.dtype == torch.float16
+        self.out_features, self.in_features = weight.shape
         if self.fp16:
-            return torch.ops.quantized.linear_prepack_fp16(self.qweight.float(), self.bias)
-        return torch.ops.quantized.linear_prepack(self.qweight, self.bias)
+            return torch.ops.quantized.linear_prepack_fp16(weight.float(), self.bias)
+        return torch.ops.quantized.linear_prepack(weight, self.bias)
 
     def _kernel(self):
         ops = torch.ops.quantized
