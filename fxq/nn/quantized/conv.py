@@ -41,14 +41,19 @@ class QuantizedConv(PackedWeightModule):
     def fxq_concept(self) -> str:
         return f"conv_transpose{self.dims}d" if self.transposed else f"conv{self.dims}d"
 
-    def _pack(self):
+    def _pack(self, weight: torch.Tensor):
         if self.transposed:
             prepack = getattr(torch.ops.quantized, f"conv_transpose{self.dims}d_prepack")
-            return prepack(self.qweight, self.bias, list(self.stride), list(self.padding), list(self.output_padding),
+            return prepack(weight, self.bias, list(self.stride), list(self.padding), list(self.output_padding),
                            list(self.dilation), self.groups)
         prepack = getattr(torch.ops.quantized, f"conv{self.dims}d_prepack")
-        return prepack(self.qweight, self.bias, list(self.stride), list(self.padding), list(self.dilation),
-                       self.groups)
+        return prepack(weight, self.bias, list(self.stride), list(self.padding), list(self.dilation), self.groups)
+
+    def _unpack(self) -> torch.Tensor:
+        weight = self._packed.unpack()[0]
+        if self.dims == 1:  # packed as a 2-d convolution over (1, length)
+            weight = weight.squeeze(2)
+        return weight
 
     def _kernel(self):
         return getattr(torch.ops.quantized, self.fxq_concept + ("_relu" if self.relu else ""))

@@ -2,9 +2,9 @@
 weight the kernel quantizes each input batch to 8 bits from its own min/max on the fly, so no calibration is
 needed. The choice users make first for NLP models: linear layers dominate their time and their weights.
 
-The kernel's packed weight is the only copy in memory: ``qweight`` unpacks it (the kernels give back exactly the
-weight they packed), so ``state_dict``, pickling, ``fxq.save`` and ``.weight`` see what they saw when the module
-kept its own copy as well, which doubled its memory."""
+The kernel's packed weight is the only copy in memory: ``qweight`` unpacks it (see ``PackedWeightModule``), so
+``state_dict``, pickling, ``fxq.save`` and ``.weight`` see what they saw when the module kept its own copy as well,
+which doubled its memory."""
 
 from __future__ import annotations
 
@@ -30,18 +30,10 @@ class DynamicLinear(PackedWeightModule):
         self.reduce_range = bool(reduce_range)
         self._repack()
 
-    @property
-    def qweight(self) -> torch.Tensor:
-        """The qint8 or float16 weight, unpacked from the kernel's copy on each access."""
+    def _unpack(self) -> torch.Tensor:
         if self.fp16:
             return torch.ops.quantized.linear_unpack_fp16(self._packed)[0].half()
         return torch.ops.quantized.linear_unpack(self._packed)[0]
-
-    @qweight.setter
-    @torch.jit.unused
-    def qweight(self, weight: torch.Tensor) -> None:
-        # held until _repack() packs it, where fxq.load and unpickling put the weight they read
-        self.__dict__["qweight"] = weight
 
     @property
     def weight(self) -> torch.Tensor:
@@ -49,14 +41,7 @@ class DynamicLinear(PackedWeightModule):
         ``.weight`` (its dtype, shape or device), as some Hugging Face models do; the layer runs on the packed one."""
         return self.qweight.dequantize() if not self.fp16 else self.qweight.float()
 
-    def __getstate__(self):
-        """Pickled and saved with its weight, as when the module kept one."""
-        return {**super().__getstate__(), "qweight": self.qweight}
-
-    def _pack(self):
-        weight = self.__dict__.pop("qweight", None)  # set or loaded since the last packing
-        if weight is None:  # repacking the packed weight (for a new bias, say)
-            weight = self.qweight
+    def _pack(self, weight: torch.Tensor):
         self.fp16 = weight.dtype == torch.float16
         self.out_features, self.in_features = weight.shape
         if self.fp16:

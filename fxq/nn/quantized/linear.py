@@ -21,8 +21,11 @@ class QuantizedLinear(PackedWeightModule):
         super().__init__(qweight, bias, relu, (scale, zero_point))
         self._repack()
 
-    def _pack(self):
-        return torch.ops.quantized.linear_prepack(self.qweight, self.bias)
+    def _pack(self, weight: torch.Tensor):
+        return torch.ops.quantized.linear_prepack(weight, self.bias)
+
+    def _unpack(self) -> torch.Tensor:
+        return torch.ops.quantized.linear_unpack(self._packed)[0]
 
     def _kernel(self):
         return torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
@@ -53,8 +56,11 @@ class QuantizedLinearFloatOutput(PackedWeightModule):
         self.input_scale, self.input_zero_point = float(input_scale), int(input_zero_point)
         self._repack()
 
-    def _pack(self):
-        return torch.ops.quantized.linear_prepack(self.qweight, self.bias)
+    def _pack(self, weight: torch.Tensor):
+        return torch.ops.quantized.linear_prepack(weight, self.bias)
+
+    def _unpack(self) -> torch.Tensor:
+        return torch.ops.quantized.linear_unpack(self._packed)[0]
 
     def _kernel(self):
         ops = torch.ops.quantized
