@@ -4,14 +4,11 @@ the same model on every rank."""
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests.distributed import workers
+from tests.distributed.ranks import WORLD, equal, run_ranks
 from tests.distributed.workers import (
     ACTIVATIONS,
     CONVERTIBLE,
@@ -22,34 +19,13 @@ from tests.distributed.workers import (
     shard,
 )
 
-WORLD, DEADLINE_S = 2, 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEADLINE_S = 120
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    """Every scenario's results on each rank; the ranks are killed if they outlive DEADLINE_S."""
-    out = tmp_path_factory.mktemp("ranks")
-    context = mp.start_processes(workers.run, args=(WORLD, _free_port(), str(out), list(workers.SCENARIOS)),
-                                 nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the ranks did not finish within {DEADLINE_S} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return torch.equal(a, b)
+    """Every scenario's results on each rank."""
+    return run_ranks(tmp_path_factory.mktemp("ranks"), list(workers.SCENARIOS), DEADLINE_S)
 
 
 def _single_process(kind: str, stationary: bool = False):
@@ -64,9 +40,9 @@ def _single_process(kind: str, stationary: bool = False):
 @pytest.mark.parametrize("kind", ACTIVATIONS)
 def test_every_rank_ends_with_the_same_observers_and_model(ranks, kind):
     first, second = (r["calibration"][kind] for r in ranks)
-    assert _equal(first["observers"], second["observers"])
+    assert equal(first["observers"], second["observers"])
     if kind in CONVERTIBLE:
-        assert _equal(first["converted"], second["converted"])
+        assert equal(first["converted"], second["converted"])
 
 
 def _split(states: dict) -> tuple[dict, dict]:
@@ -92,10 +68,10 @@ def test_min_max_calibration_is_bit_identical_to_one_process_on_all_the_data(ran
     synced = ranks[1]["calibration"][kind]
     observers, statistics = _split(synced["observers"])
     expected_observers, expected_statistics = _split(observer_states(reference))
-    assert _equal(observers, expected_observers)
+    assert equal(observers, expected_observers)
     _assert_same_statistics(statistics, expected_statistics)
     if kind in CONVERTIBLE:
-        assert _equal(synced["converted"], converted_state(reference))
+        assert equal(synced["converted"], converted_state(reference))
 
 
 @pytest.mark.parametrize("kind", ["default", "histogram"])
@@ -110,8 +86,8 @@ def test_histogram_calibration_is_bit_identical_to_one_process_merging_the_shard
     for name, recorder in first.items():
         recorder.merge(second[name])
     synced = ranks[1]["calibration"][kind]
-    assert _equal(synced["observers"], observer_states(per_rank[0]))
-    assert _equal(synced["converted"], converted_state(per_rank[0]))
+    assert equal(synced["observers"], observer_states(per_rank[0]))
+    assert equal(synced["converted"], converted_state(per_rank[0]))
 
 
 @pytest.mark.parametrize("kind", ["default", "histogram"])
@@ -129,7 +105,7 @@ def test_histograms_match_one_process_on_all_the_data_in_range_count_and_model(r
         assert state["histogram"].sum().item() == pytest.approx(expected[name]["histogram"].sum().item(), rel=1e-12)
         rebinned += not torch.equal(state["histogram"], expected[name]["histogram"])
     assert rebinned  # the data does widen ranges within rank 1's shard, so this is not the trivial case
-    assert _equal(synced["converted"], converted_state(reference))
+    assert equal(synced["converted"], converted_state(reference))
 
 
 def test_moving_averages_are_the_batch_weighted_mean_within_tolerance(ranks):
@@ -147,7 +123,7 @@ def test_a_rank_that_saw_no_data_takes_the_others_state_exactly(ranks):
     for batch in shard(0, WORLD):
         prepared(*batch)
     for rank in ranks:
-        assert _equal(rank["empty_rank"]["observers"], observer_states(prepared))
+        assert equal(rank["empty_rank"]["observers"], observer_states(prepared))
 
 
 def test_nan_on_one_rank_makes_every_rank_raise_naming_the_rank_and_node(ranks):
@@ -165,9 +141,9 @@ def test_a_failing_calibration_loop_makes_every_rank_raise(ranks):
 
 def test_qat_under_ddp_converts_to_the_same_model_on_every_rank(ranks):
     first, second = (r["qat_with_ddp"] for r in ranks)
-    assert not _equal(first["before_sync"], second["before_sync"])  # the ranks did differ before the sync
-    assert _equal(first["after_sync"], second["after_sync"])
-    assert _equal(first["converted"], second["converted"])
+    assert not equal(first["before_sync"], second["before_sync"])  # the ranks did differ before the sync
+    assert equal(first["after_sync"], second["after_sync"])
+    assert equal(first["converted"], second["converted"])
 
 
 def test_a_rank_that_never_syncs_makes_the_others_raise_after_the_timeout(ranks):

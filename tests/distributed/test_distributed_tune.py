@@ -4,15 +4,12 @@ raise on both ranks without waiting for a timeout."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import fxq
 from tests.distributed import workers
-from tests.distributed.test_distributed import WORLD, _equal, _free_port
+from tests.distributed.ranks import equal, run_ranks
 from tests.distributed.workers import PROBE, TUNE_OPTIONS, tune_case
 
 DEADLINE_S = 60
@@ -20,17 +17,8 @@ DEADLINE_S = 60
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    """Every tuning scenario's results on each rank; the ranks are killed if they outlive DEADLINE_S."""
-    out = tmp_path_factory.mktemp("tune_ranks")
-    context = mp.start_processes(workers.run, args=(WORLD, _free_port(), str(out), list(workers.TUNE_SCENARIOS)),
-                                 nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the ranks did not finish within {DEADLINE_S} s")
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD)]
+    """Every tuning scenario's results on each rank."""
+    return run_ranks(tmp_path_factory.mktemp("tune_ranks"), list(workers.TUNE_SCENARIOS), DEADLINE_S)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def single_process() -> dict:
 def test_every_rank_returns_the_plan_one_process_finds(ranks, single_process):
     first, second = (r["tuned"] for r in ranks)
     assert first["plan"] == second["plan"] == single_process["plan"] == {"fc2": "float"}
-    assert _equal(first["output"], second["output"]) and _equal(first["output"], single_process["output"])
+    assert equal(first["output"], second["output"]) and equal(first["output"], single_process["output"])
     for rank in (first, second):  # every decision comes from the same gathered numbers, timings included
         assert rank["report"] == first["report"]
     sensitivity = {row["path"]: row["sensitivity_db"] for row in first["report"]["layers"]}
