@@ -50,7 +50,8 @@ def sync_observers(prepared: nn.Module, group: Any = None, timeout: timedelta = 
     ``group`` (None: the default group) after calibrating and before ``fxq.convert``.
 
     Each observer becomes rank 0's merged with rank 1's, then rank 2's, ...: learned QAT scales stay rank 0's
-    (DistributedDataParallel keeps parameters equal anyway). Batch norms of a QAT model that ``convert`` would
+    (DistributedDataParallel keeps parameters equal anyway). The calibration batches kept for ``convert``'s
+    ``sensitivity-ranges`` become those of the last rank that kept any, on every rank. Batch norms of a QAT model that ``convert`` would
     measure again on the last training batches are measured now on every rank's recorded batches and averaged
     weighted by samples, as one process measuring on all of them would; other norms take rank 0's statistics.
 
@@ -77,10 +78,12 @@ def sync_observers(prepared: nn.Module, group: Any = None, timeout: timedelta = 
         except Exception as error:  # noqa: BLE001 - whatever went wrong, the other ranks must hear of it
             failure, status = error, _describe(error)
     payload = {"status": status}
+    samples = _calibration_samples(prepared)
     if status is None:
         outside = {id(m): None for m in prepared.modules() if isinstance(m, Observer)}
         payload["observers"] = {name: _detached(obs, outside) for name, obs in observers.items()}
         payload["norms"] = norms
+        payload["samples"] = {name: recorder.batches for name, recorder in samples.items()}
     gathered = _all_gather(payload, group, timeout, me)
     failed = [(rank, p["status"]) for rank, p in enumerate(gathered) if p["status"] is not None]
     if failed:
@@ -98,6 +101,9 @@ def sync_observers(prepared: nn.Module, group: Any = None, timeout: timedelta = 
             merged.merge(other["observers"][name])
         _assign(observer, merged)
     _combine_norms(prepared, [p["norms"] for p in gathered])
+    for name, recorder in samples.items():  # as one process seeing the ranks' data in rank order would keep
+        kept = [p["samples"].get(name) for p in gathered]
+        recorder.keep_batches(next((batches for batches in reversed(kept) if batches), []))
 
 
 @contextmanager
@@ -173,6 +179,12 @@ def _observers(prepared: nn.Module) -> dict[str, Observer | ChannelStatistics]:
                 not any(name.startswith(outer + ".") for outer in found):
             found[name] = module
     return found
+
+
+def _calibration_samples(prepared: nn.Module) -> dict[str, RecentBatches]:
+    """The recorders keeping calibration batches for ``convert`` (``record-calibration-sample``), by name."""
+    return {name: module for name, module in prepared.named_modules()
+            if isinstance(module, RecentBatches) and module.mode == "eval"}
 
 
 def _describe(error: BaseException) -> tuple[str, str]:

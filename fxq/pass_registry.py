@@ -18,6 +18,8 @@ _BUILTIN_MODULES = {
     "assign-precision": "fxq.passes.assign_precision",
     "insert-observers": "fxq.passes.insert_observers",
     "record-input-statistics": "fxq.passes.record_input_statistics",
+    "record-calibration-sample": "fxq.passes.record_calibration_sample",
+    "sensitivity-ranges": "fxq.passes.sensitivity_ranges",
     "bias-correction": "fxq.passes.bias_correction",
     "smooth": "fxq.passes.smooth",
     "mask-padding": "fxq.passes.mask_padding",

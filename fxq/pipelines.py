@@ -28,7 +28,8 @@ from fxq.pass_manager import PassManager, parse_pipeline
 from fxq.pass_registry import get_pass
 
 PREPARE = ("normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers")
-CONVERT = ("lower", "cleanup", "name-nodes")
+PTQ_PREPARE = ("record-calibration-sample",)  # after PREPARE, post-training only (QAT learns its ranges)
+CONVERT = ("sensitivity-ranges", "lower", "cleanup", "name-nodes")
 QAT_PREPARE = ("fake-quantize",)  # after the recipe's, in prepare_qat
 QAT_CONVERT = ("reestimate-batch-norm", "qat-to-float")  # before the recipe's, converting a QAT model
 TRACED = frozenset({"traced"})
@@ -116,7 +117,8 @@ def prepare_steps(edits: PassEdits, recipe, training: bool) -> tuple[list[Step],
     if edits.prepare is not None:
         base = list(edits.prepare)
     else:
-        base = _default([*PREPARE, *recipe.prepare_passes, *(QAT_PREPARE if training else ())])
+        base = _default([*PREPARE, *(() if training else PTQ_PREPARE), *recipe.prepare_passes,
+                         *(QAT_PREPARE if training else ())])
     here = tuple(item for item in edits.insertions if item[1] in _names(base))
     later = PassEdits(convert=edits.convert, insertions=tuple(i for i in edits.insertions if i not in here))
     convert_base = _convert_base(later, recipe, training)

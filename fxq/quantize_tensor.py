@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from fxq.observers import MinMaxObserver, Observer
+from fxq.observers.covering import CoveringObserver
 from fxq.precision import INT16_RANGE
 from fxq.qparams import qrange
 
@@ -71,6 +72,8 @@ def describe_qparams(observer, qparams: tuple | None = None) -> dict:
         result.update(axis=observer.ch_axis, scale=scale.tolist(), zero_point=zero_point.tolist())
     else:
         result.update(scale=float(scale), zero_point=int(zero_point))
+    if isinstance(observer, CoveringObserver):
+        result["why_range"] = observer.reason
     seen = observer.seen_range() if hasattr(observer, "seen_range") else None
     if seen is not None:  # what calibration saw (the dump shows it next to the qparams chosen from it)
         low, high = seen

@@ -27,11 +27,10 @@ from fxq.pass_registry import register_pass
 from fxq.qat.batch_norm import QAT_BATCH_NORM, freezable
 from fxq.qat.fake_quantize import FakeQuantize, WeightFakeQuantize
 from fxq.qat.modules import has_qat_form, to_qat
-from fxq.qat.recent_batches import RecentBatches
+from fxq.qat.recent_batches import RecentBatches, record_inputs
 from fxq.rewriter import Rewriter
 
 NAME = "fake-quantize"
-RECORDER = "recent_batches"
 _OPS = ("call_module", "call_function", "call_method")
 
 
@@ -56,7 +55,7 @@ class FakeQuantizePass(GraphPass):
         for name in norms:
             rw.set_module(name, freezable(rw.modules[name]))
         if norms:
-            self._record_batches(rw)
+            record_inputs(rw, RecentBatches())
         backend = get_backend(ctx.backend)
         for node in list(gm.graph.nodes):
             record = info(node)
@@ -71,14 +70,6 @@ class FakeQuantizePass(GraphPass):
             else:
                 self._train_call(rw, node, support.weight_arg, weight_fake_quant)
         return gm
-
-    @staticmethod
-    def _record_batches(rw: Rewriter) -> None:
-        inputs = [node for node in rw.gm.graph.nodes if node.op == "placeholder"]
-        first = next(node for node in rw.gm.graph.nodes if node.op != "placeholder")
-        name = rw.unique_name(RECORDER)
-        rw.set_module(name, RecentBatches())
-        rw.insert("call_module", name, tuple(inputs), before=first)
 
     @staticmethod
     def _train_module(rw: Rewriter, target: str, weight_fake_quant: WeightFakeQuantize) -> None:

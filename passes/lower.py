@@ -27,6 +27,7 @@ from fxq.nn.quantized.engine import using_engine
 from fxq.nn.reference import WeightQuantized
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
+from fxq.qat.recent_batches import drop_recorders
 from fxq.quantize_tensor import activation_bounds, describe_qparams, quantize_weight, quantize_with
 from fxq.rewriter import Rewriter, drop_unused_submodules
 from fxq.shapes import VALUE_KEY, TensorInfo, value_of
@@ -46,8 +47,9 @@ class Lower(GraphPass):
 
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         backend = get_backend(ctx.backend)
+        drop_recorders(gm)  # left by a prepare-side recorder whose convert-side reader did not run
         rw = Rewriter(gm, self.name)
-        drop_statistics(rw)  # left by a prepare-side recorder whose convert-side reader did not run
+        drop_statistics(rw)  # likewise
         computed: dict[str, tuple] = {}  # observer name -> qparams: a shared observer is searched once
         _share_unless_narrower(rw, backend, computed)
         for node in list(gm.graph.nodes):

@@ -17,8 +17,7 @@ from fxq.errors import ConfigError, FxqWarning
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.pass_registry import register_pass
 from fxq.qat.batch_norm_statistics import reestimate_bn_stats
-from fxq.qat.recent_batches import RecentBatches
-from fxq.rewriter import drop_unused_submodules
+from fxq.qat.recent_batches import drop_recorders, recorders
 
 META_KEY = "fxq_batch_norm"
 
@@ -34,8 +33,7 @@ class ReestimateBatchNorm(GraphPass):
 
     def run(self, gm: GraphModule, ctx: PassContext) -> GraphModule:
         modules = dict(gm.named_modules())
-        calls = [node for node in gm.graph.nodes
-                 if node.op == "call_module" and isinstance(modules.get(node.target), RecentBatches)]
+        calls = recorders(gm)
         if not calls:
             return gm
         if any(modules[node.target].pending for node in calls):
@@ -46,8 +44,6 @@ class ReestimateBatchNorm(GraphPass):
                 gm.meta[META_KEY] = f"batch-norm statistics kept as training left them: {err}"
                 warnings.warn(f"{gm.meta[META_KEY]}; they may not match the trained weights", FxqWarning,
                               stacklevel=2)
-        for node in calls:
-            gm.graph.erase_node(node)
-        drop_unused_submodules(gm)
+        drop_recorders(gm)
         gm.recompile()
         return gm

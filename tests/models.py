@@ -163,6 +163,22 @@ _CLASSES = {"mlp": MLP, "resnet": ResNetish, "mobilenet": MobileNetV2ish, "trans
 MODEL_NAMES = list(_CLASSES)
 
 
+class SquaredTail(nn.Module):
+    """A fuzzed model (seed 2909, shrunk): x * conv(x) * x has a long tail that a histogram observer clips as
+    cheap for that value alone, and elu(v) * v then squares exactly that tail."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3434)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.elu = nn.ELU()
+
+    def forward(self, x):
+        v = self.conv(x)
+        v = torch.cat((v, x * v * x), dim=1)
+        return self.elu(v) * v
+
+
 def _data(name: str, batch: int, seed: int) -> torch.Tensor:
     """Representative inputs: images with per-channel offsets and smooth structure; N(0, 1) features/tokens."""
     g = torch.Generator().manual_seed(seed)

@@ -12,7 +12,9 @@ from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, NodeInfo
 from fxq.observers import Observer
+from fxq.qat.recent_batches import RecentBatches
 from fxq.shapes import VALUE_KEY, TensorInfo
+from fxq.statistics import ChannelStatistics
 
 _OPS = ("call_module", "call_function", "call_method")
 
@@ -70,6 +72,10 @@ class NodeRow:
     category: str = "pending"
 
 
+# Modules that watch calibration rather than compute: observers, and the recorders some passes add.
+_WATCHERS = (Observer, ChannelStatistics, RecentBatches)
+
+
 def inspect(gm: GraphModule, *, include_boundaries: bool = False, all_nodes: bool = False,
             values: dict[str, Any] | None = None, comparison=None) -> list[NodeRow]:
     """The rows of ``gm``'s op nodes in graph order.
@@ -92,7 +98,7 @@ def inspect(gm: GraphModule, *, include_boundaries: bool = False, all_nodes: boo
             continue
         record: NodeInfo = node.meta.get("fxq") or NodeInfo()
         boundary = node.op in _OPS and (record.lowered_to in ("quantize", "dequantize", "layout") or (
-            node.op == "call_module" and isinstance(modules.get(node.target), Observer)))
+            node.op == "call_module" and isinstance(modules.get(node.target), _WATCHERS)))
         if boundary and not (include_boundaries or all_nodes):
             continue
         category = "boundary" if boundary else _category(node, record)

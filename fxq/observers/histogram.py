@@ -39,16 +39,26 @@ class HistogramObserver(HistogramCollector):
 
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The error-minimising range, searched now over the histogram."""
-        low, high = float(self.min_val), float(self.max_val)
-        levels = self.quant_max - self.quant_min
-        if self.symmetric:
-            lo, hi = _best_symmetric_range(self.histogram, low, high, levels)
-        else:
-            lo, hi = _best_affine_range(self.histogram, low, high, levels, self.search_step)
+        lo, hi = least_error_range(self.histogram, float(self.min_val), float(self.max_val),
+                                   self.quant_max - self.quant_min, self.symmetric, self.search_step)
         return self._range_of_result(lo, hi)
 
     def _settings(self) -> dict[str, Any]:
         return {**super()._settings(), "search_step": self.search_step}
+
+
+def least_error_range(counts: torch.Tensor, low: float, high: float, levels: int, symmetric: bool,
+                      search_step: int = 64) -> tuple[float, float]:
+    """The range with the least expected squared quantization error over ``counts`` (a histogram over [low, high],
+    or any non-negative weights per bin) at ``levels`` steps: [-b, b] if ``symmetric``, else [lo, hi] around 0."""
+    if symmetric:
+        return _best_symmetric_range(counts, low, high, levels)
+    return _best_affine_range(counts, low, high, levels, search_step)
+
+
+def expected_error(counts: torch.Tensor, low: float, high: float, levels: int, lo: float, hi: float) -> float:
+    """The expected squared quantization error of ``counts`` (over [low, high]) quantized over [lo, hi]."""
+    return float(_ExpectedError(counts, low, high, levels)(np.array([lo]), np.array([hi]))[0])
 
 
 def _best_symmetric_range(counts: torch.Tensor, low: float, high: float, levels: int) -> tuple[float, float]:

@@ -29,7 +29,8 @@ def test_json_with_passes_and_comparison_validates():
     document = json.loads(dump_text("mlp", "--after-all", fmt="json"))
     jsonschema.validate(document, SCHEMA)
     assert [p["name"] for p in document["passes"]] == ["normalize", "fuse", "name-nodes", "assign-qconfig",
-                                                        "assign-precision", "insert-observers", "lower",
+                                                        "assign-precision", "insert-observers",
+                                                        "record-calibration-sample", "sensitivity-ranges", "lower",
                                                         "cleanup", "name-nodes"]
     assert document["comparison"] and all("own_sqnr_db" in layer for layer in document["comparison"])
 

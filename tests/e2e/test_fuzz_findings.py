@@ -11,7 +11,7 @@ from torch import nn
 
 import fxq
 from fxq.nn.quantized.engine import using_engine
-from tests.models import sqnr
+from tests.models import SquaredTail, sqnr
 
 BACKENDS = ("reference", "x86", "qnnpack")
 
@@ -112,6 +112,7 @@ CASES = {
     "softmax over 512": (WideSoftmax, [(4, 16)]),
     "input far from zero": (Shifted, [(4, 8)]),
     "global pool of zero-centred values": (ZeroCentredPool, [(4, 4, 32, 32)]),
+    "clipped tail squared downstream": (SquaredTail, [(4, 16, 12, 12)]),
 }
 
 
