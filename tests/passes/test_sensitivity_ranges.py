@@ -69,7 +69,7 @@ def test_the_widened_value_says_why_and_the_prepared_model_keeps_its_observers()
     assert stamped and all("widened to" in next(s.rule for s in info(node).history
                                                  if s.pass_name == "sensitivity-ranges") for node in stamped)
     reasons = [q.get("why_range") for node in converted.graph.nodes for q in info(node).qparams.values()]
-    assert any(reason and "cost the output" in reason for reason in reasons)
+    assert any(reason and "at the output, the clip cost" in reason for reason in reasons)
     assert not any(isinstance(m, CoveringObserver) for m in prepared.modules())
     after = {name: m.observed_range() for name, m in prepared.named_modules() if hasattr(m, "histogram")}
     assert all(torch.equal(before[n][0], after[n][0]) and torch.equal(before[n][1], after[n][1]) for n in before)
