@@ -19,6 +19,7 @@ class DynamicLinear(PackedWeightModule):
     in 16-bit accumulation at full range; ``fxq.quantize_dynamic`` narrows the weights to 7 bits instead)."""
 
     fxq_concept = "linear"
+    __jit_unused_properties__ = []  # ``weight`` reads ``qweight``, and scripted model code may read ``weight``
     # read off each weight as it is packed: a weight loaded by fxq.load or unpickling comes without them
     _kernel_state = (*PackedWeightModule._kernel_state, "fp16", "in_features", "out_features")
 

@@ -27,6 +27,9 @@ class PackedWeightModule(RebuildsKernelState):
 
     _fxq_leaf = True
     _kernel_state = ("_packed", "_run", "_kept_weight")
+    # qweight is for people and tools (state_dict, repr, export), never for forward: TorchScript would compile it
+    # for every module type at every freeze
+    __jit_unused_properties__ = ["qweight"]
     _qparams: tuple[str, ...] = ()  # the (scale, zero point) attributes the kernel takes, saved in state_dict
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
