@@ -4,4 +4,5 @@ import sys
 
 from fxq.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned worker process (fxq bench --fuzz --jobs) imports this module
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--fuzz", type=int, metavar="N", help="quantize N seeded random models per backend, check")
     bench.add_argument("--backends", default="reference,x86,qnnpack", help="with --fuzz: comma-separated backends")
     bench.add_argument("--seed", type=int, default=0, help="with --fuzz: the first seed")
+    bench.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4),
+                       help="with --fuzz: processes checking models side by side (default: the cores, up to 4)")
     dump = commands.add_parser("dump", help="what every node became at a pipeline stage, and why")
     from fxq.tools.dump import add_arguments
 
@@ -82,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.fuzz is not None:
             from fxq.tools.fuzz import run_fuzz
 
-            return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed)
+            return run_fuzz(args.fuzz, args.backends.split(","), seed=args.seed, jobs=args.jobs)
         if args.llm:
             from fxq.tools.bench_llm import run_llm_bench
 

@@ -12,10 +12,10 @@ its own norm first, so that each output's relative error counts alike (a model's
 smaller than its first). The probe directions come from a seeded generator: the same batches give the same
 weights, and the global random state is left alone.
 
-``output_weights`` returns, for each observer, the mean of ``g^2`` over the values that fell in each bin of the
-observer's histogram. Calibration saw more batches than were kept, so a bin that holds calibration values but no
-replayed ones takes the weight of the nearest bin that has some: the tails are where it matters, and the nearest
-weight is what is known there.
+``output_weights`` fits, per observer, E[g^2 | x] as a quadratic in x (least squares over every replayed value:
+the cost of a value squared downstream grows as x^2, one passed on linearly stays flat) and returns it at the
+centre of each bin of the observer's histogram. Calibration saw more batches than were kept, and its extremes
+are rare; a fit over all replayed values still says what they cost where few or none were replayed.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ SEED = 0
 def output_weights(gm: GraphModule, observers: dict[str, HistogramCollector],
                    batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
     """For each of ``observers`` (name in ``gm`` -> observer with a histogram) that the batches reach through a
-    differentiable path to a float output: the mean squared output gradient per histogram bin (float64, one per
-    bin). Runs ``gm`` in float, observers and recorders passing values through untouched; nothing in ``gm`` or
-    its observers changes."""
+    differentiable path to a float output: the fitted cost of an error at the centre of each of its histogram's
+    bins (float64, one per bin). Runs ``gm`` in float, observers and recorders passing values through untouched;
+    nothing in ``gm`` or its observers changes."""
     sums = {name: torch.zeros(3, dtype=torch.float64) for name in observers}
     counts = {name: torch.zeros(5, dtype=torch.float64) for name in observers}
     generator = torch.Generator().manual_seed(SEED)

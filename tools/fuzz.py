@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import multiprocessing
 import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -366,21 +368,47 @@ def reproducer(case: FuzzCase, finding: Finding) -> str:
 
 # --- the command --------------------------------------------------------------------------------------------
 
-def run_fuzz(count: int, backends: list[str], seed: int = 0, floor: float = SQNR_FLOOR_DB,
+def run_fuzz(count: int, backends: list[str], seed: int = 0, floor: float = SQNR_FLOOR_DB, jobs: int = 1,
              out=sys.stdout) -> int:
-    """``fxq bench --fuzz``: ``count`` seeds per backend; a summary, the SQNR spread, one shrunk reproducer
-    per kind of failure. Non-zero exit status if anything crashed or was wrong."""
+    """``fxq bench --fuzz``: ``count`` seeds per backend, in ``jobs`` processes; a summary, the SQNR spread, one
+    shrunk reproducer per kind of failure. Non-zero exit status if anything crashed or was wrong."""
     from fxq.timing import cpu_flags_line
 
-    print(f"{cpu_flags_line()}; 1 thread (the models are tiny: more threads only add overhead)", file=out)
-    cases = [build_model(s) for s in range(seed, seed + count)]
+    print(f"{cpu_flags_line()}; {jobs} process(es) of 1 thread (the models are tiny: more threads only add "
+          "overhead)", file=out)
+    start = time.perf_counter()
+    results = check_seeds(range(seed, seed + count), backends, floor, jobs)
     failed = False
-    with one_thread(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized-tensor deprecation and eval-mode notices: noise here
         for backend in backends:
-            results = [(case, run_case(case, backend, floor)) for case in cases]
-            failed |= _report(backend, results, floor, out)
+            failed |= _report(backend, results[backend], floor, out)
+    print(f"\n{count} models x {len(backends)} backend(s) in {time.perf_counter() - start:.0f} s", file=out)
     return 1 if failed else 0
+
+
+def check_seeds(seeds: Sequence[int], backends: Sequence[str], floor: float = SQNR_FLOOR_DB,
+                jobs: int = 1) -> dict[str, list[tuple[int, CaseResult]]]:
+    """Each seed's model checked on each backend, in ``jobs`` processes of one thread each (the cases are
+    independent and single-threaded, so two processes take about half the time on two cores); per backend,
+    (seed, result) in seed order."""
+    work = [(backend, seed) for backend in backends for seed in seeds]
+    if jobs > 1:  # spawned, not forked: forking a process whose torch thread pools have run can hang
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_check_seed, work, [floor] * len(work), chunksize=8))
+    else:
+        results = [_check_seed(job, floor) for job in work]
+    by_backend: dict[str, list[tuple[int, CaseResult]]] = {backend: [] for backend in backends}
+    for (backend, seed), result in zip(work, results, strict=True):
+        by_backend[backend].append((seed, result))
+    return by_backend
+
+
+def _check_seed(job: tuple[str, int], floor: float) -> CaseResult:
+    backend, seed = job
+    with one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_case(build_model(seed), backend, floor)
 
 
 @contextlib.contextmanager
@@ -395,33 +423,35 @@ def one_thread():
         torch.set_num_threads(previous)
 
 
-def _report(backend: str, results: list[tuple[FuzzCase, CaseResult]], floor: float, out) -> bool:
+def _report(backend: str, results: list[tuple[int, CaseResult]], floor: float, out) -> bool:
     findings = [f for _, r in results for f in r.findings]
     counts = {kind: sum(f.kind == kind for f in findings) for kind in ("refused", "invalid", "ill_conditioned")
               + FAILURES}
-    failing = {r.findings[0].seed for _, r in results if any(f.is_failure for f in r.findings)}
+    failing = {seed for seed, r in results if any(f.is_failure for f in r.findings)}
     db = sorted(r.sqnr for _, r in results if r.sqnr is not None)
     seconds = sum(r.seconds for _, r in results)
     print(f"\n== {backend}: {len(results)} models, {len(results) - len(failing) - counts['refused']} ok, "
           f"{counts['refused']} refused, {counts['crash']} crashed, invalid cases {counts['invalid']}, "
           f"ill-conditioned for int8 {counts['ill_conditioned']} (ok); "
-          f"{seconds:.1f} s ({1000 * seconds / max(len(results), 1):.0f} ms per model)", file=out)
+          f"{seconds:.1f} s of checks ({1000 * seconds / max(len(results), 1):.0f} ms per model)", file=out)
     print("   wrong results: " + ", ".join(f"{k} {counts[k]}" for k in FAILURES[1:]), file=out)
     if db:
         spread = ", ".join(f"p{p} {_percentile(db, p):.1f}" for p in (0, 1, 5, 25, 50, 95))
         exact = sum(math.isinf(value) for value in db)
         print(f"   SQNR dB percentiles: {spread} (floor {floor:g}; {exact} bit-exact)", file=out)
-    by_signature: dict[str, tuple[FuzzCase, Finding, int]] = {}
-    for case, result in results:
+    by_signature: dict[str, tuple[int, Finding, int]] = {}
+    for seed, result in results:
         for f in result.findings:
             if f.is_failure:
-                first, example, seen = by_signature.get(f.signature, (case, f, 0))
+                first, example, seen = by_signature.get(f.signature, (seed, f, 0))
                 by_signature[f.signature] = (first, example, seen + 1)
-    for signature, (case, example, seen) in by_signature.items():
-        small = shrink(case, same_failure(backend, signature, floor))
-        example = next((f for f in check_case(small, backend, floor) if f.signature == signature), example)
-        print(f"\n-- {signature}: {seen} case(s); first seed {case.seed} ({len(case.ops)} ops) shrunk to "
-              f"{len(small.ops)} ops --\n{reproducer(small, example)}", file=out)
+    with one_thread():
+        for signature, (seed, example, seen) in by_signature.items():
+            case = build_model(seed)
+            small = shrink(case, same_failure(backend, signature, floor))
+            example = next((f for f in check_case(small, backend, floor) if f.signature == signature), example)
+            print(f"\n-- {signature}: {seen} case(s); first seed {seed} ({len(case.ops)} ops) shrunk to "
+                  f"{len(small.ops)} ops --\n{reproducer(small, example)}", file=out)
     return bool(by_signature)
 
 
