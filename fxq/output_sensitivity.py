@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 from torch.fx import GraphModule, Interpreter
@@ -57,8 +58,15 @@ def output_weights(gm: GraphModule, observers: dict[str, HistogramCollector],
         for (name, x, valid), grad in zip(seen, grads, strict=True):
             if grad is not None:
                 _accumulate(observers[name], x.detach(), grad, valid, sums[name], counts[name])
-    return {name: _fitted(observers[name], sums[name], counts[name]) for name in observers
-            if counts[name][0] > 0 and sums[name][0] > 0 and torch.isfinite(sums[name]).all()}
+    fitted = [name for name in observers
+              if counts[name][0] > 0 and sums[name][0] > 0 and torch.isfinite(sums[name]).all()]
+    if not fitted:
+        return {}
+    normal = torch.stack([torch.stack([counts[name][i:i + 3] for i in range(3)]) for name in fitted])
+    targets = torch.stack([sums[name] for name in fitted])
+    coefficients = torch.linalg.lstsq(normal, targets.unsqueeze(-1)).solution.squeeze(-1)  # all fits in one call
+    return {name: _per_bin(observers[name], c.numpy(), float(sums[name][0] / counts[name][0]))
+            for name, c in zip(fitted, coefficients, strict=True)}
 
 
 class _Replay(Interpreter):
@@ -111,15 +119,13 @@ def _accumulate(observer: HistogramCollector, x: torch.Tensor, grad: torch.Tenso
     sums += torch.stack([term.sum() for term in (cost, cost * u.double(), cost * u2.double())])
 
 
-def _fitted(observer, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The least-squares quadratic E[g^2 | x] at the centre of each of ``observer``'s bins, at least a
-    thousandth of the mean cost (a fit may dip below zero between its samples)."""
-    normal = torch.stack([counts[i:i + 3] for i in range(3)])
-    coefficients = torch.linalg.lstsq(normal, sums.unsqueeze(1)).solution.squeeze(1)
-    edges = torch.linspace(float(observer.min_val), float(observer.max_val), observer.bins + 1, dtype=torch.float64)
-    centres = (edges[:-1] + edges[1:]) / 2 / _scale(observer)
-    fitted = coefficients[0] + coefficients[1] * centres + coefficients[2] * centres ** 2
-    return fitted.clamp_min(float(sums[0] / counts[0]) * 1e-3)
+def _per_bin(observer, coefficients: np.ndarray, mean_cost: float) -> torch.Tensor:
+    """The fitted quadratic E[g^2 | x] at the centre of each of ``observer``'s bins, at least a thousandth of the
+    mean cost (a fit may dip below zero between its samples)."""
+    low, high, bins = float(observer.min_val), float(observer.max_val), observer.bins
+    centres = (low + (high - low) / bins * (np.arange(bins) + 0.5)) / _scale(observer)
+    c0, c1, c2 = coefficients
+    return torch.from_numpy(np.maximum(c0 + centres * (c1 + centres * c2), mean_cost * 1e-3))
 
 
 def _scale(observer: HistogramCollector) -> float:
