@@ -1,7 +1,7 @@
 """An observer's range widened to cover a range that a pass chose for the value's readers.
 
-A convert-side pass that knows more than the value's own observer (``product-factor-ranges``: the value is a
-factor of a product) puts one of these in the converted graph in place of the observer. The prepared model keeps
+A convert-side pass that knows more than the value's own observer (``sensitivity-ranges``: the model's output
+pays for the extremes the observer clipped) puts one of these in the converted graph in place of the observer. The prepared model keeps
 its own observer, so converting it again, or calibrating it further, starts from what calibration saw.
 """
 
@@ -29,7 +29,7 @@ class CoveringObserver(Observer):
         return self.observer.has_data
 
     def _observe(self, x: torch.Tensor) -> None:
-        self.observer(x)
+        """Records nothing: it serves qparams only, and the observer it wraps belongs to the prepared model."""
 
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self.observer.observed_range()
