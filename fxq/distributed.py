@@ -51,9 +51,10 @@ def sync_observers(prepared: nn.Module, group: Any = None, timeout: timedelta = 
 
     Each observer becomes rank 0's merged with rank 1's, then rank 2's, ...: learned QAT scales stay rank 0's
     (DistributedDataParallel keeps parameters equal anyway). The calibration batches kept for ``convert``'s
-    ``sensitivity-ranges`` become those of the last rank that kept any, on every rank. Batch norms of a QAT model that ``convert`` would
-    measure again on the last training batches are measured now on every rank's recorded batches and averaged
-    weighted by samples, as one process measuring on all of them would; other norms take rank 0's statistics.
+    ``sensitivity-ranges`` become those of the last rank that kept any, on every rank. Batch norms of a QAT model
+    that ``convert`` would measure again on the last training batches are measured now on every rank's recorded
+    batches and averaged weighted by samples, as one process measuring on all of them would; other norms take
+    rank 0's statistics.
 
     Args:
         timeout: how long each of the (two) collectives may wait for the other ranks.

@@ -36,9 +36,11 @@ class RecentBatches(nn.Module):
     def forward(self, *inputs) -> None:
         if self.training != (self.mode == "training"):
             return None
-        batch = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs)
-        self.too_large, self.pending = _bytes(batch) > self.budget_bytes, True
-        kept = [] if self.too_large else [*self.batches, batch]
+        self.too_large, self.pending = _bytes(inputs) > self.budget_bytes, True
+        if self.too_large:  # measured before copying: a batch over budget is never kept, so never copied
+            self.__dict__["_batches"] = []
+            return None
+        kept = [*self.batches, tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs)]
         while sum(_bytes(b) for b in kept) > self.budget_bytes or len(kept) > self.keep:
             kept.pop(0)
         self.__dict__["_batches"] = kept
