@@ -12,6 +12,7 @@ the first calibration batch, which lets ONNX Runtime plan shapes ahead as it wou
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,12 @@ def ort_static_int8(model: nn.Module, names: tuple[str, ...], calibration: list[
 
     float_path = _export(model, names, calibration[0], dynamic)
     int8_path = float_path.with_name("int8.onnx")
-    quantize_static(float_path, int8_path, Batches())
+    here = os.getcwd()
+    os.chdir(float_path.parent)  # its shape inference leaves temporary files in the working directory
+    try:
+        quantize_static(float_path, int8_path, Batches())
+    finally:
+        os.chdir(here)
     return _session(int8_path, names, threads)
 
 
