@@ -18,6 +18,7 @@ _BUILTIN_MODULES = {
     "assign-precision": "fxq.passes.assign_precision",
     "insert-observers": "fxq.passes.insert_observers",
     "record-input-statistics": "fxq.passes.record_input_statistics",
+    "observe-clamped": "fxq.passes.observe_clamped",
     "record-calibration-sample": "fxq.passes.record_calibration_sample",
     "sensitivity-ranges": "fxq.passes.sensitivity_ranges",
     "bias-correction": "fxq.passes.bias_correction",

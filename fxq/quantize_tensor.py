@@ -74,6 +74,8 @@ def describe_qparams(observer, qparams: tuple | None = None) -> dict:
         result.update(scale=float(scale), zero_point=int(zero_point))
     if isinstance(observer, CoveringObserver):
         result["why_range"] = observer.reason
+    if getattr(observer, "clamp_to", None) is not None:  # its one reader clamps it: only that part is quantized
+        result["clamped_to"] = list(observer.clamp_to)
     seen = observer.seen_range() if hasattr(observer, "seen_range") else None
     if seen is not None:  # what calibration saw (the dump shows it next to the qparams chosen from it)
         low, high = seen

@@ -66,7 +66,7 @@ def test_insertions_land_at_their_points_around_the_recipe_passes():
     quantized = fxq.quantize(MODEL, (X,), [(X,)], passes={"after fuse": "equalize", "before lower": "test-tally"},
                              runtime="graph")  # recipe "auto": cnn, with its own statistics passes
     assert _names(quantized) == ["normalize", "fuse", "equalize", "name-nodes", "assign-qconfig", "assign-precision",
-                                 "insert-observers", "record-calibration-sample", "record-input-statistics",
+                                 "insert-observers", "observe-clamped", "record-calibration-sample", "record-input-statistics",
                                  "bias-correction", "sensitivity-ranges", "test-tally", "lower", "cleanup",
                                  "name-nodes"]
 

@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 from fxq.tools import bench_models as zoo
+from fxq.tools.ort_peer import SETTLE_S
 from tabulate import tabulate
 from torch import nn
 
@@ -162,7 +163,7 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
         if theirs is not None:
             variants["torch.ao"] = theirs
         latency = time_interleaved({name: partial(m, *case.evaluation[0]) for name, m in variants.items()}, rounds,
-                                   warmup)
+                                   warmup, settle_s=SETTLE_S)
         forward_s = latency["fp32"] / 1000
         reference = _outputs(model, case.evaluation)
         row = {"model": case.name, "fp32 ms": f"{latency['fp32']:.2f}"}

@@ -14,7 +14,7 @@ import warnings
 from functools import partial
 
 import torch
-from fxq.tools.ort_peer import ort_static_int8
+from fxq.tools.ort_peer import SETTLE_S, ort_static_int8
 from fxq.tools.sentences import HELD_OUT_SENTENCES, SENTENCES
 from tabulate import tabulate
 from torch import nn
@@ -102,7 +102,7 @@ def run_minilm_bench(threads: int = 2, rounds: int = 20, warmup: int = 3) -> int
     if peer is not None:
         variants["ONNX Runtime static int8 (defaults)"] = peer
     latency = time_interleaved({name: partial(m, one["input_ids"], one["attention_mask"])
-                                for name, m in variants.items()}, rounds, warmup)
+                                for name, m in variants.items()}, rounds, warmup, settle_s=SETTLE_S)
     rows = []
     for name, quantized in variants.items():
         cosines = [(reference[padding] * embeddings(quantized, tokenizer, padding)).sum(1)

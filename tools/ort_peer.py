@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+SETTLE_S = 0.05  # seconds of sleep before each timed variant next to these peers (their pool spins: fxq.timing)
+
 
 def ort_fp32(model: nn.Module, names: tuple[str, ...], calibration: list[tuple], threads: int,
              dynamic: tuple[int, ...] = (0, 1)):

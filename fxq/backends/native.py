@@ -17,6 +17,7 @@ from torch import nn
 from torch.fx import Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, take_over
+from fxq.clamp_bounds import clamp_bounds
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
 from fxq.nn.quantized.group_norm import group_norm
@@ -247,6 +248,41 @@ def shared(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     return _becomes(rw.stamp(op), q, op)
 
 
+def saturated_clamp(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
+    """dequantize -> relu/relu6/hardtanh/clamp -> quantize with the input's qparams, where no int8 level of the
+    input lies outside the bounds  =>  the input itself: the kernel that made it saturated there already
+    (``observe-clamped`` observes such values clamped, so their levels end at the bounds). The input's node then
+    stands for the clamp's value."""
+    source = x.args[0]
+    bounds = clamp_bounds(op, rw.modules)
+    qparams = _qparams_of(source)
+    if bounds is None or qparams is None or qparams != _output_qparams(q):
+        return Declined(f"{op.name} has no constant bounds or changes the qparams")
+    if _live_readers(source) != [x] or _live_readers(x) != [op]:
+        return Declined(f"{op.name}'s input has other readers")
+    if not _levels_inside(bounds, *qparams, q.args[3]):
+        return Declined(f"{op.name}'s input has int8 levels outside [{bounds[0]:g}, {bounds[1]:g}]")
+    record, clamp = info(source), info(op)
+    record.fused_from = (record.fused_from or (source.name,)) + (clamp.fused_from or (op.name,))
+    record.fused_group = "+".join(record.fused_from)
+    record.origin = clamp.origin  # the input's value is now the clamp's
+    return rw.stamp(source)
+
+
+def _live_readers(node: Node) -> list[Node]:
+    """``node``'s readers, without those an earlier rewrite left unread (erased when the rules are done)."""
+    return [user for user in node.users if user.users or user.op == "output"]
+
+
+def _levels_inside(bounds: tuple[float, float], scale: float, zero_point: int, dtype: torch.dtype) -> bool:
+    """Whether clamping to ``bounds`` leaves every level of (scale, zero_point, dtype) as it is, with torch's
+    own rounding of the bounds."""
+    levels = torch.iinfo(dtype)
+    ends = [min(max(bound, -1e30), 1e30) for bound in bounds]
+    low, high = torch.quantize_per_tensor(torch.tensor(ends), scale, zero_point, dtype).int_repr().tolist()
+    return low <= levels.min and high >= levels.max
+
+
 def _view_as_reshape(op: Node) -> None:
     """``view`` becomes ``reshape`` on int8 values: native convolutions leave them channels-last, where
     ``x.view(x.size(0), -1)`` has no view (the float model's contiguous tensor had one). ``reshape`` is the same
@@ -431,6 +467,8 @@ NATIVE_RULES = (
     *[_rule(concept, activation, "int8 activation") for concept in _ACTIVATIONS],
     # normalisation modules with their parameters
     *[_rule(concept, norm, "int8 normalisation") for concept in _NORMS],
+    # a clamp that the kernel before it computed already, by saturating: nothing to run
+    *[_rule(concept, saturated_clamp, "int8 clamp already saturated") for concept in ("relu", "relu6", "hardtanh")],
     # range-preserving ops run on the int8 tensor as they are
     *[_rule(concept, shared, "op on int8 tensor") for concept in SHARED],
     # dequantize -> linear (+relu) read only by float ops: prepacked int8 module returning float. Last, so every

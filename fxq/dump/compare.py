@@ -3,7 +3,9 @@ on the same data, worst layer first.
 
 Layers are matched through the node annotations, not names: every node records the traced node whose value it
 computes (``NodeInfo.origin``; a fused conv+bn+relu computes the relu's value, a kernel the op's it replaced),
-and the float model is traced the way ``prepare`` traced it, so its node names are those origins.
+and the float model is traced the way ``prepare`` traced it, so its node names are those origins. A value whose
+one reader clamps it is quantized as the clamp sees it (``observe-clamped``) and compared with the float value
+clamped the same way.
 
 Per-tensor numbers can hide a crushed channel: when one channel is much larger than the rest it dominates both
 the signal and the scale, so the tensor's SQNR looks fine while the other channels keep a few steps each. The
@@ -90,6 +92,7 @@ def compare(float_model: nn.Module, quantized: GraphModule, data: Iterable) -> C
         options = {}
     floating = capture(copy.deepcopy(float_model).eval(), batches[0], how, **options).graph_module
     readers = _quantized_readers(quantized)
+    clamps = _clamped_values(quantized, readers)
     stats: dict[str, _Stats] = {}
     with torch.no_grad():
         for batch in batches:
@@ -97,7 +100,8 @@ def compare(float_model: nn.Module, quantized: GraphModule, data: Iterable) -> C
             got = _values(quantized, batch, readers)
             for origin, node_name in readers.items():
                 if origin in expected and node_name in got:
-                    stats.setdefault(origin, _Stats()).add(expected[origin], got[node_name])
+                    want = expected[origin] if origin not in clamps else expected[origin].clamp(*clamps[origin])
+                    stats.setdefault(origin, _Stats()).add(want, got[node_name])
     if not stats:
         raise ConfigError("no quantized node matched a float layer; was the float model the one quantized?")
     return _rank(floating, quantized, readers, stats)
@@ -113,6 +117,18 @@ def _quantized_readers(quantized: GraphModule) -> dict[str, str]:
         after = next((user for user in node.users if _is_quantize(user)), None)
         readers[record.origin] = (_last_quantize(after) if after is not None else node).name
     return readers
+
+
+def _clamped_values(quantized: GraphModule, readers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """origin -> bounds, for values quantized as the clamp that reads them sees them (``observe-clamped``): the
+    levels hold only what survives the clamp, so the float value is compared clamped too."""
+    nodes = {node.name: node for node in quantized.graph.nodes}
+    clamps = {}
+    for origin, name in readers.items():
+        bounds = info(_op_of(nodes[name], origin)).qparams.get("output", {}).get("clamped_to")
+        if bounds is not None:
+            clamps[origin] = tuple(bounds)
+    return clamps
 
 
 def _is_quantize(node: Node) -> bool:

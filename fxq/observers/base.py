@@ -113,6 +113,8 @@ class Observer(nn.Module):
 
     per_channel = False
     ch_axis: int | None = None
+    # (low, high): record values clamped to these bounds (``observe-clamped``: the value's one reader clamps it)
+    clamp_to: tuple[float, float] | None = None
 
     def __init__(self, dtype: torch.dtype = torch.quint8, symmetric: bool = False,
                  quant_min: int | None = None, quant_max: int | None = None, reduce_range: bool = False,
@@ -150,6 +152,8 @@ class Observer(nn.Module):
         seen = x
         if valid is not None and not self.per_channel and x.shape[:valid.dim()] == valid.shape and valid.any():
             seen = x[valid]
+        if self.clamp_to is not None:
+            seen = seen.clamp(*self.clamp_to)
         if seen.numel():
             self._observe(seen.detach())
         return x
@@ -229,12 +233,13 @@ class Observer(nn.Module):
         """What two observers must share to be merged."""
         return {"dtype": self.dtype, "symmetric": self.symmetric, "quant_min": self.quant_min,
                 "quant_max": self.quant_max, "custom_range": self.custom_range, "eps": self.eps,
-                "ch_axis": self.ch_axis}
+                "ch_axis": self.ch_axis, "clamp_to": self.clamp_to}
 
     def extra_repr(self) -> str:
         scheme = "symmetric" if self.symmetric else "affine"
         text = f"dtype={_short(self.dtype)}, {scheme}, range=[{self.quant_min}, {self.quant_max}]"
-        return text + (f", ch_axis={self.ch_axis}" if self.per_channel else "")
+        text += f", ch_axis={self.ch_axis}" if self.per_channel else ""
+        return text + (f", clamp_to={self.clamp_to}" if self.clamp_to is not None else "")
 
     @staticmethod
     def _seen_text(low: torch.Tensor, high: torch.Tensor) -> str:

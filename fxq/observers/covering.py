@@ -19,7 +19,8 @@ class CoveringObserver(Observer):
     def __init__(self, observer: Observer, low: float, high: float, reason: str) -> None:
         super().__init__(dtype=observer.dtype, symmetric=observer.symmetric, quant_min=observer.quant_min,
                          quant_max=observer.quant_max, eps=observer.eps)
-        self.custom_range, self.reduce_range = observer.custom_range, observer.reduce_range
+        self.custom_range, self.reduce_range, self.clamp_to = observer.custom_range, observer.reduce_range, \
+            observer.clamp_to
         self.observer = observer
         self.low, self.high, self.reason = float(low), float(high), reason
         self.node_name = observer.node_name

@@ -30,7 +30,7 @@ def test_json_with_passes_and_comparison_validates():
     jsonschema.validate(document, SCHEMA)
     assert [p["name"] for p in document["passes"]] == ["normalize", "fuse", "name-nodes", "assign-qconfig",
                                                         "assign-precision", "insert-observers",
-                                                        "record-calibration-sample", "sensitivity-ranges", "lower",
+                                                        "observe-clamped", "record-calibration-sample", "sensitivity-ranges", "lower",
                                                         "cleanup", "name-nodes"]
     assert document["comparison"] and all("own_sqnr_db" in layer for layer in document["comparison"])
 

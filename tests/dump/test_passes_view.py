@@ -23,7 +23,7 @@ def test_after_all_lists_every_pass_with_its_changes_and_time():
     result = dump("mlp", "--after-all")
     names = [p["name"] for p in result.passes]
     assert names == ["normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers",
-                     "record-calibration-sample", "sensitivity-ranges", "lower", "cleanup", "name-nodes"]
+                     "observe-clamped", "record-calibration-sample", "sensitivity-ranges", "lower", "cleanup", "name-nodes"]
     by_name = {p["name"]: p for p in result.passes}
     assert by_name["insert-observers"]["added"] == ["obs_x", "obs_fc1", "obs_fc2"]  # fc3 returns float
     assert {"node": "fc2", "before": ["relu1"], "after": ["fc1"]} in by_name["fuse"]["rewired"]
