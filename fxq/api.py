@@ -51,7 +51,8 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str |
 
     Args:
         model: the float model; it is not modified.
-        qconfig_mapping: which qconfig each op gets (``fxq.get_default_qconfig_mapping(...)``); a qconfig dict
+        qconfig_mapping: which qconfig each op gets; None for ``fxq.get_default_qconfig_mapping(backend)``
+            (as ``quantize`` and ``prepare_qat`` take it); a qconfig dict
             (``{"": qconfig, "object_type": [...], "module_name": [...]}``) and torch.ao's QConfigMapping and
             QConfig objects are translated (``fxq.torch_ao_objects``).
         example_inputs: a tuple of inputs ``model(*example_inputs)`` accepts (a lone tensor is wrapped), or a
@@ -82,6 +83,11 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str |
     Raises:
         ConfigError, TraceError: bad options, or a model that cannot be captured.
     """
+    from fxq.qconfig_mapping import get_default_qconfig_mapping
+
+    backend = backend if backend is not None else native_backend()
+    if qconfig_mapping is None:
+        qconfig_mapping = get_default_qconfig_mapping(qconfig_family(backend))
     return _prepare(model, qconfig_mapping, example_inputs, backend=backend, leaf_modules=leaf_modules,
                     leaf_module_types=leaf_module_types, concrete_args=concrete_args, keep_snapshots=keep_snapshots,
                     capture=capture, recipe=recipe, precision=precision, passes=passes, training=False)
@@ -221,13 +227,11 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     Raises:
         CalibrationError: ``calibration_data`` was empty, or held NaN/Inf.
     """
-    from fxq.qconfig_mapping import get_default_qconfig_mapping
     from fxq.report import REPORT_KEY, build_report
 
     check_runtime_name(runtime)
     backend = backend if backend is not None else native_backend()
-    mapping = qconfig_mapping if qconfig_mapping is not None else get_default_qconfig_mapping(qconfig_family(backend))
-    prepared = prepare(model, mapping, example_inputs, backend=backend, **prepare_options)
+    prepared = prepare(model, qconfig_mapping, example_inputs, backend=backend, **prepare_options)
     batches = 0
     with torch.no_grad():
         for batch in calibration_data:

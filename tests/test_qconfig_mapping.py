@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fxq
 from fxq.errors import ConfigError, FxqWarning
 from fxq.qconfig import QConfig, get_default_qconfig
 from fxq.qconfig_mapping import (
@@ -492,3 +493,13 @@ def test_default_mapping_observes_bounded_ops_like_any_op(backend):
         resolution = _resolve_op(mapping, op)
         assert resolution.rule == "global", op
         assert type(resolution.qconfig.activation()) is not FixedQParamsObserver, op
+
+
+def test_prepare_without_a_mapping_uses_the_backends_default():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    example = (torch.randn(2, 4),)
+    for backend in ("x86", "qnnpack"):
+        implicit = fxq.prepare(model, None, example, backend=backend)
+        explicit = fxq.prepare(model, fxq.get_default_qconfig_mapping(backend), example, backend=backend)
+        assert str(implicit.code) == str(explicit.code)
+        assert [repr(m) for m in implicit.modules()] == [repr(m) for m in explicit.modules()]
