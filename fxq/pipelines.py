@@ -27,8 +27,9 @@ from fxq.graph_pass import GraphPass
 from fxq.pass_manager import PassManager, parse_pipeline
 from fxq.pass_registry import get_pass
 
-PREPARE = ("normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers")
-PTQ_PREPARE = ("observe-clamped", "record-calibration-sample")  # after PREPARE, post-training only (QAT learns its ranges)
+PREPARE = ("normalize", "fuse", "name-nodes", "assign-qconfig", "assign-precision", "insert-observers",
+           "observe-clamped")
+PTQ_PREPARE = ("record-calibration-sample",)  # after PREPARE, post-training only (QAT learns its ranges)
 CONVERT = ("sensitivity-ranges", "lower", "cleanup", "name-nodes")
 QAT_PREPARE = ("fake-quantize",)  # after the recipe's, in prepare_qat
 QAT_CONVERT = ("reestimate-batch-norm", "qat-to-float")  # before the recipe's, converting a QAT model

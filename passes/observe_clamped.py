@@ -8,10 +8,12 @@ records the values clamped (``Observer.clamp_to``): the same 256 levels cover on
 the block outputs' steps 2-5x finer), and the producing kernel's int8 output, which saturates at the ends of
 its levels, already computes the clamp, so ``lower`` drops it (one op less per block).
 
-Post-training only, and only where that saturation is exact: a clamp whose low bound is 0 after an op with an
-affine observer over its dtype's full range (the zero point then lands on level 0, and the highest level on at
-most the observed maximum). Narrower ranges (4-bit activations, reduce_range) keep their levels and the clamp.
-Each clamp observed so says so in its history.
+Only where that saturation is exact: a clamp whose low bound is 0 after an op with an affine observer over its
+dtype's full range (the zero point then lands on level 0, and the highest level on at most the observed maximum).
+Narrower ranges (4-bit activations, reduce_range) keep their levels and the clamp. Each clamp observed so says
+so in its history. Quantization-aware training places observers the same way: ``fake-quantize`` wraps the
+clamped observer, whose first range is searched on the clamped values (zero point 0); a learned scale that grows
+past the clamp's bound keeps the clamp at convert (``lower`` checks).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ def least_error_qparams(observer: Observer, x: torch.Tensor,
     values = (x[valid] if valid is not None and x.shape[:valid.dim()] == valid.shape else x).detach().float()
     values = values.reshape(-1)
     values = values[:: max(1, values.numel() // SAMPLE)]
+    if observer.clamp_to is not None:  # its one reader clamps it (``observe-clamped``): only that part matters
+        values = values.clamp(*observer.clamp_to)
     low, high = outer_range(*observer.observed_range(), observer.symmetric)
     factors = torch.from_numpy(shrink_factors(CANDIDATES, LOWEST)).float()
     scales, zero_points = compute_qparams(low.float() * factors, high.float() * factors, observer.quant_min,

@@ -13,9 +13,11 @@ from fxq.metrics import sqnr_db
 from fxq.observers.base import Observer
 from fxq.ops import concept_of
 from fxq.pipelines import PREPARE
+from fxq.qat import reestimate_bn_stats
+from fxq.qat.fake_quantize import FakeQuantize
 from tests.passes.helpers import traced
 
-WITHOUT_PASS = {"prepare": ",".join([*PREPARE, "record-calibration-sample"])}
+WITHOUT_PASS = {"prepare": ",".join([*(n for n in PREPARE if n != "observe-clamped"), "record-calibration-sample"])}
 
 
 class Block(nn.Module):
@@ -160,9 +162,26 @@ def test_narrower_activation_levels_keep_the_clamp():
     assert all(o.clamp_to is None for o in _observers(prepared))
 
 
-def test_quantization_aware_training_does_not_observe_clamped():
-    prepared = fxq.prepare_qat(Block().train(), None, _batches()[0], backend="x86")
-    assert all(getattr(o, "clamp_to", None) is None for o in prepared.modules())
+def test_quantization_aware_training_observes_clamped_and_converts_to_what_it_trained():
+    """The same placement in QAT: the fake quantizer before each ReLU6 starts from the clamped values (zero point
+    0), and the converted model computes what the fake-quantized one does."""
+    batches = _batches()
+    prepared = fxq.prepare_qat(Block().train(), None, batches[0], backend="x86")
+    quantizers = [m for m in prepared.modules() if isinstance(m, FakeQuantize) and m.observer.clamp_to is not None]
+    assert [q.observer.clamp_to for q in quantizers] == [(0.0, 6.0), (0.0, 6.0)]
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
+    for (x,) in batches:
+        prepared(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(int(q.zero_point) == 0 for q in quantizers)
+    reestimate_bn_stats(prepared)  # what convert does: the prepared model then has the converted one's statistics
+    prepared.eval()
+    x = batches[0][0]
+    converted = fxq.convert(prepared)
+    assert not any(info(n).concept == "relu6" for n in converted.graph.nodes)  # the learned grids stayed in [0, 6]
+    with torch.no_grad():
+        assert sqnr_db(prepared(x), converted(x)) > 35.0
 
 
 def test_a_saved_prepared_model_keeps_the_clamp(tmp_path):
