@@ -115,6 +115,11 @@ class FakeQuantize(Observer):
     def has_data(self) -> bool:
         return self.observer.has_data
 
+    @property
+    def clamp_to(self) -> tuple[float, float] | None:
+        """The wrapped observer's (``observe-clamped``): the dump and ``fxq.compare`` read it here."""
+        return self.observer.clamp_to
+
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.observer.observed_range()
 

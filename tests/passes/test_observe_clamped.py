@@ -168,7 +168,7 @@ def test_quantization_aware_training_observes_clamped_and_converts_to_what_it_tr
     batches = _batches()
     prepared = fxq.prepare_qat(Block().train(), None, batches[0], backend="x86")
     quantizers = [m for m in prepared.modules() if isinstance(m, FakeQuantize) and m.observer.clamp_to is not None]
-    assert [q.observer.clamp_to for q in quantizers] == [(0.0, 6.0), (0.0, 6.0)]
+    assert [q.clamp_to for q in quantizers] == [(0.0, 6.0), (0.0, 6.0)]
     optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
     for (x,) in batches:
         prepared(x).square().mean().backward()
@@ -180,6 +180,8 @@ def test_quantization_aware_training_observes_clamped_and_converts_to_what_it_tr
     x = batches[0][0]
     converted = fxq.convert(prepared)
     assert not any(info(n).concept == "relu6" for n in converted.graph.nodes)  # the learned grids stayed in [0, 6]
+    assert info(converted.graph.find_nodes(op="call_module", target="conv1")[0]).qparams["output"]["clamped_to"] \
+        == [0.0, 6.0]
     with torch.no_grad():
         assert sqnr_db(prepared(x), converted(x)) > 35.0
 
