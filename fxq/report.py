@@ -13,7 +13,7 @@ from torch.fx import GraphModule
 
 from fxq.annotation import info
 from fxq.runtime import RUNTIME_KEY
-from fxq.shapes import float_tensors_in, is_float_tensor
+from fxq.shapes import holds_float_tensor
 
 _OPS = ("call_module", "call_function", "call_method")
 REPORT_KEY = "fxq_report"
@@ -61,9 +61,10 @@ def build_report(original: nn.Module, converted: GraphModule, backend: str) -> Q
         if node.op not in _OPS or record.lowered_to in ("quantize", "dequantize") or record.concept is None:
             continue
         if record.float_reason:
-            if not (is_float_tensor(node) or float_tensors_in(node)):
-                continue  # shape arithmetic and integer tensors are not ops anyone quantizes
+            if not holds_float_tensor(node) or record.concept == "getitem":
+                continue  # shape arithmetic, integer tensors and picking from a tuple are not ops to quantize
             report.left_float.append((node.name, record.float_reason))
         elif record.lowered_to and record.lowered_to != "float":
             report.quantized.append((node.name, record.lowered_to))
     return report
+

@@ -85,6 +85,15 @@ def float_tensors_in(value: object) -> bool:
             and all(isinstance(m, TensorInfo) and m.dtype.is_floating_point for m in meta))
 
 
+def holds_float_tensor(value: object) -> bool:
+    """True if ``value`` (a node, or what ``propagate`` recorded) is or holds, at any depth, a float tensor: an
+    LSTM's (output, (h, c)) does."""
+    meta = value.meta.get(VALUE_KEY) if isinstance(value, Node) else value
+    if isinstance(meta, TensorInfo):
+        return meta.dtype.is_floating_point
+    return isinstance(meta, (tuple, list)) and any(holds_float_tensor(item) for item in meta)
+
+
 class _Recorder(Interpreter):
     def __init__(self, gm: GraphModule) -> None:
         super().__init__(gm)

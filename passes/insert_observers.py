@@ -26,7 +26,15 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
 from fxq.rewriter import Rewriter
-from fxq.shapes import EXTREME, VALUE_KEY, float_tensors_in, holds_extremes, is_float_tensor, propagate
+from fxq.shapes import (
+    EXTREME,
+    VALUE_KEY,
+    float_tensors_in,
+    holds_extremes,
+    holds_float_tensor,
+    is_float_tensor,
+    propagate,
+)
 
 _OPS = ("call_module", "call_function", "call_method")
 DYNAMIC_CONCEPTS = ("linear", "linear_relu", "lstm", "gru")
@@ -129,7 +137,7 @@ class _Placement:
         the input's (role "input0"), and ``lower`` picks one of the two from what calibration saw."""
         source = node.args[0] if node.args else None
         observer = self.quantized.get(source) if isinstance(source, Node) else None
-        if not (is_float_tensor(source) or float_tensors_in(source)):
+        if not holds_float_tensor(source):
             leave_float(node, "it does not operate on a float tensor")
         elif observer is None:
             leave_float(node, "its input is float, so it runs in float too")

@@ -36,3 +36,20 @@ def test_quantize_on_reference_backend_and_custom_mapping():
     with torch.no_grad():
         x = eval_batches("mlp")[0]
         assert sqnr(model(*x), quantized(*x)) > 25
+
+
+def test_the_report_lists_an_op_whose_output_nests_float_tensors():
+    """An LSTM returns (output, (h, c)); static quantization leaves it float, and the report must say so."""
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc, self.lstm = torch.nn.Linear(8, 8), torch.nn.LSTM(8, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(self.fc(x))[0]
+
+    batches = [(torch.randn(2, 5, 8),) for _ in range(3)]
+    report = fxq.report_of(fxq.quantize(Recurrent().eval(), batches[0], batches, backend="x86"))
+    assert dict(report.left_float)["lstm"] == "backend 'x86' has no quantized form of lstm"
