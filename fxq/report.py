@@ -67,4 +67,3 @@ def build_report(original: nn.Module, converted: GraphModule, backend: str) -> Q
         elif record.lowered_to and record.lowered_to != "float":
             report.quantized.append((node.name, record.lowered_to))
     return report
-

@@ -30,9 +30,10 @@ from fxq.observers.base import Observer
 from fxq.observers.fixed import FixedQParamsObserver
 from fxq.observers.placeholder import PlaceholderObserver
 from fxq.pass_registry import register_pass
+from fxq.qparams import qrange
 
 NAME = "observe-clamped"
-_FULL_RANGE = {torch.quint8: (0, 255), torch.qint8: (-128, 127)}
+_EIGHT_BIT = (torch.quint8, torch.qint8)
 
 
 @register_pass
@@ -72,7 +73,7 @@ def _own_observer_read_only_by(gm: GraphModule, clamp: Node, value: Node, module
         return None  # a fake quantizer (its own forward), or qparams that do not come from a range
     if observer.per_channel or observer.symmetric or observer.clamp_to is not None:
         return None
-    if _FULL_RANGE.get(observer.dtype) != (observer.quant_min, observer.quant_max):
+    if observer.dtype not in _EIGHT_BIT or (observer.quant_min, observer.quant_max) != qrange(observer.dtype):
         return None
     if not isinstance(producer, Node) or list(producer.users) != [value] or list(value.users) != [clamp]:
         return None

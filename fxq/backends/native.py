@@ -23,6 +23,7 @@ from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloa
 from fxq.nn.quantized.group_norm import group_norm
 from fxq.nn.reference import WeightQuantized
 from fxq.pattern import ANY, Pattern
+from fxq.qparams import qrange
 from fxq.rewriter import Declined, Rewriter, Rule
 from fxq.shapes import TensorInfo, value_of
 
@@ -277,10 +278,10 @@ def _live_readers(node: Node) -> list[Node]:
 def _levels_inside(bounds: tuple[float, float], scale: float, zero_point: int, dtype: torch.dtype) -> bool:
     """Whether clamping to ``bounds`` leaves every level of (scale, zero_point, dtype) as it is, with torch's
     own rounding of the bounds."""
-    levels = torch.iinfo(dtype)
+    lowest, highest = qrange(dtype)
     ends = [min(max(bound, -1e30), 1e30) for bound in bounds]
     low, high = torch.quantize_per_tensor(torch.tensor(ends), scale, zero_point, dtype).int_repr().tolist()
-    return low <= levels.min and high >= levels.max
+    return low <= lowest and high >= highest
 
 
 def _view_as_reshape(op: Node) -> None:
