@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from fxq import cpu
+
 
 def time_interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int,
                      settle_s: float = 0.0) -> dict[str, float]:
@@ -50,12 +52,8 @@ def cpu_flags_line() -> str:
     """The CPU's model and int8-relevant ISA flags: x86 kernels and their speed differ with VNNI and AVX-512, and
     between vendors (fbgemm's AVX2 int8 linear is ~5x fp32 on the Intel machine this was first measured on, ~2.4x
     on an AMD EPYC)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.readlines()
-    except OSError:
+    model = cpu.model_name()
+    if model is None:
         return "cpu flags: unknown (no /proc/cpuinfo)"
-    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
+    return f"cpu: {model}; flags: " + " ".join(f"{flag}={'yes' if flag in cpu.flags() else 'no'}" for flag in wanted)

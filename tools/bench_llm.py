@@ -5,8 +5,9 @@ The model: transformers' ``LlamaForCausalLM`` with random weights (hidden 2048, 
 heads, MLP 5632, vocabulary 32k: TinyLlama's shape, fewer layers), fp32, batch 1. Each variant greedily decodes
 64 new tokens after a 32-token prompt with ``model.generate`` (its cache on), rounds interleaved across
 variants, median reported. fxq: ``fxq.quantize_dynamic(model, "int8")`` (fbgemm's dynamic int8 Linears, 8-bit
-embeddings) and ``"int4"`` (group-128 4-bit Linears on torch's int4 kernel, 4-bit embeddings); the LM head is a
-Linear and is quantized in both. torchao (where installed; ``pip install torchao``), run eagerly as fxq is:
+embeddings) and ``"int4"`` (group-128 4-bit Linears on fxq's int4 kernel, 8-bit embeddings), and where fxq's
+kernel is built, the same int4 model on torch's int4 kernel for comparison; the LM head is a Linear and is
+quantized in all. torchao (where installed; ``pip install torchao``), run eagerly as fxq is:
 ``Int8WeightOnlyConfig``, ``Int8DynamicActivationInt8WeightConfig`` and, for int4 on CPU,
 ``PrototypeInt4WeightOnlyConfig(group_size=128)``; these quantize the Linears (the LM head included), not the
 embeddings.
@@ -27,6 +28,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 from tabulate import tabulate
@@ -34,6 +36,7 @@ from torch import nn
 
 import fxq
 from fxq.metrics import sqnr_db
+from fxq.nn.quantized import int4_native
 from fxq.timing import cpu_flags_line
 
 SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32,
@@ -81,6 +84,8 @@ def run_llm_bench(threads: int = 2, rounds: int = 3, layers: int = SHAPE["num_hi
 def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
     builders = {"fxq int8": lambda m: fxq.quantize_dynamic(m, "int8"),
                 "fxq int4 (group 128)": lambda m: fxq.quantize_dynamic(m, "int4")}
+    if int4_native.available():
+        builders["fxq int4, torch's kernel"] = lambda m: on_torch_int4_kernel(lambda: fxq.quantize_dynamic(m, "int4"))
     try:
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
         from torchao.quantization import (
@@ -102,6 +107,13 @@ def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
     return {**builders, "torchao int8 weight-only": torchao(Int8WeightOnlyConfig()),
             "torchao int8 dynamic": torchao(Int8DynamicActivationInt8WeightConfig()),
             "torchao int4 (group 128)": torchao(PrototypeInt4WeightOnlyConfig(group_size=128))}
+
+
+def on_torch_int4_kernel(build: Callable[[], nn.Module]) -> nn.Module:
+    """What ``build`` makes, its int4 Linears on torch's int4 kernel as on a machine where fxq's own kernel cannot
+    be built: both kernels measured in one run."""
+    with mock.patch.object(int4_native, "applies", lambda group_size: False):
+        return build()
 
 
 def _built(build, model: nn.Module) -> tuple[nn.Module | None, int | None]:

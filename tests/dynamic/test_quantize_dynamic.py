@@ -199,14 +199,22 @@ def test_qnnpack_engine_runs_the_same_model_with_full_range_weights():
         torch.backends.quantized.engine = previous
 
 
-def test_int4_weight_only_runs_the_int4_kernel_and_computes_the_dequantized_product():
+@pytest.fixture
+def torch_int4_kernel(monkeypatch):
+    """int4 Linears on torch's kernel, as on a machine where fxq's own (AVX2) kernel does not build."""
+    from fxq.nn.quantized import int4_native
+
+    monkeypatch.setattr(int4_native, "applies", lambda group_size: False)
+
+
+def test_int4_weight_only_runs_torch_int4_kernel_and_computes_the_dequantized_product(torch_int4_kernel):
     import pickle
 
     torch.manual_seed(0)
     layer = nn.Linear(256, 96)
     fast, fallback = WeightOnlyLinear(layer, 4, 64), WeightOnlyLinear(layer, 4, 100)
-    assert fast.uses_int4_kernel and not fallback.uses_int4_kernel and not WeightOnlyLinear(layer, 8, 64) \
-        .uses_int4_kernel
+    assert fast.compute.startswith("torch int4") and not fallback.uses_int4_kernel \
+        and not WeightOnlyLinear(layer, 8, 64).uses_int4_kernel
     x = torch.randn(3, 5, 256)
     expected = nn.functional.linear(x, fast.dequantized_weight(), layer.bias)  # the float product, by hand
     assert _sqnr(expected, fast(x)) > 40  # bfloat16 activations: close, not equal
@@ -217,7 +225,8 @@ def test_int4_weight_only_runs_the_int4_kernel_and_computes_the_dequantized_prod
     assert torch.equal(other(x), fast(x))  # the kernel's packed copy follows the loaded weight
 
 
-def test_int4_kernel_layers_hold_one_copy_of_the_weight_and_read_it_back_exactly(monkeypatch):
+def test_torch_int4_kernel_layers_hold_one_copy_of_the_weight_and_read_it_back_exactly(torch_int4_kernel,
+                                                                                       monkeypatch):
     from fxq.nn.quantized import int4_layout
 
     torch.manual_seed(0)

@@ -1,12 +1,15 @@
 """Weight-only quantized Linear: int8 or int4 weights with one scale per group of ``group_size`` input columns.
 
-int4 runs on torch's int4 CPU matmul (``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where the
-shape allows it (groups of 32-256 dividing an input width that is a multiple of 128, an output width that is a
-multiple of the kernel's block): the kernel's packed copy is then the only copy of the weight in memory, and
-``state_dict``, pickling and ``.weight`` read the 4-bit values back out of it (``fxq.nn.quantized.int4_layout``).
-``fxq bench --dynamic`` and ``fxq bench --llm`` time it. The int8 path, and int4 where the kernel does not apply,
-expand the weight to float per call: they save memory and disk (4x for int8, about 7x for int4 with groups of
-128), not time (for int8 speed, use dynamic int8: ``fxq.quantize_dynamic(model, "int8")``).
+int4 runs on the fastest kernel this machine has: fxq's own (``fxq.nn.quantized.int4_native``: x86 with AVX2,
+groups of 64-256, any shape; activations rounded to 8 bits per group) or else torch's int4 CPU matmul
+(``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where its shape rules allow (groups of 32-256
+dividing an input width that is a multiple of 128, an output width that is a multiple of the kernel's block).
+On torch's kernel the packed copy is the only copy of the weight in memory, and ``state_dict``, pickling and
+``.weight`` read the 4-bit values back out of it (``fxq.nn.quantized.int4_layout``); fxq's kernel reads the
+module's own 4-bit ``qweight``. ``fxq bench --dynamic`` and ``fxq bench --llm`` time them. The int8 path, and
+int4 where no kernel applies, expand the weight to float per call: they save memory and disk (4x for int8,
+about 7x for int4 with groups of 128), not time (for int8 speed, use dynamic int8:
+``fxq.quantize_dynamic(model, "int8")``).
 """
 
 from __future__ import annotations
@@ -16,21 +19,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.gptq import gptq_levels
-from fxq.nn.quantized import int4_layout
+from fxq.nn.quantized import int4_layout, int4_native
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.observers.shrink import shrink_factors
 
-INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 kernel takes
+FXQ_KERNEL, TORCH_KERNEL, EXPANDED = "fxq int4 kernel, 8-bit activations per group", \
+    "torch int4 kernel, bfloat16 activations", "float (weight expanded per call)"
 SHRINK_CANDIDATES, SHRINK_LOWEST = 20, 0.5
 
 
 class WeightOnlyLinear(RebuildsKernelState):
     """``nn.Linear`` with a symmetric ``bits``-bit weight (8 or 4) and float32 scales per (row, group); int4 on
-    the int4 kernel where it applies (``uses_int4_kernel``)."""
+    an int4 kernel where one applies (``uses_int4_kernel``, ``compute``)."""
 
     _fxq_leaf = True
     fxq_concept = "linear"
-    _kernel_state = ("_int4_kernel",)
+    _kernel_state = ("_int4_kernel", "compute")
 
     def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 128,
                  input_moments: torch.Tensor | None = None) -> None:
@@ -60,12 +65,16 @@ class WeightOnlyLinear(RebuildsKernelState):
         self._repack()
 
     def _repack(self) -> None:
-        """The int4 kernel's packed weight and (scale, zero) table where the kernel applies, and there ``qweight``
-        dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
-        self._int4_kernel = None
+        """Choose the kernel (``compute``). For torch's int4 kernel: its packed weight and (scale, zero) table,
+        and ``qweight`` dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
+        self._int4_kernel, self.compute = None, EXPANDED
+        if self.bits == 4 and int4_native.applies(self.group_size):
+            self.compute = FXQ_KERNEL
+            return
         if self.bits != 4 or self.group_size not in INT4_KERNEL_GROUPS or self.in_features % self.group_size \
                 or not int4_layout.fits(self.out_features, self.in_features):
             return
+        self.compute = TORCH_KERNEL
         levels = (_unpack_int4(self.qweight)[:, : self.in_features].to(torch.int32) + 8).contiguous()
         scales = self.scale.t().to(torch.bfloat16)
         table = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()  # [groups, out, (scale, zero)]
@@ -75,7 +84,7 @@ class WeightOnlyLinear(RebuildsKernelState):
 
     @property
     def uses_int4_kernel(self) -> bool:
-        return self._int4_kernel is not None
+        return self.compute != EXPANDED
 
     def stored_qweight(self) -> torch.Tensor:
         """The weight as ``state_dict`` stores it: int8 values, or int4 two per byte (offset 8)."""
@@ -110,7 +119,10 @@ class WeightOnlyLinear(RebuildsKernelState):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._int4_kernel is None:
+        if self.compute == FXQ_KERNEL:
+            y = int4_native.linear(x.float(), self.qweight, self.scale, self.group_size, self.in_features, self.bias)
+            return y.to(x.dtype)
+        if self.compute == EXPANDED:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
         packed, table = self._int4_kernel
@@ -120,9 +132,8 @@ class WeightOnlyLinear(RebuildsKernelState):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
-        compute = "int4 kernel, bfloat16 activations" if self.uses_int4_kernel else "float (weight expanded per call)"
         return (f"in_features={self.in_features}, out_features={self.out_features}, weight=int{self.bits} "
-                f"symmetric, group_size={self.group_size}, compute={compute}")
+                f"symmetric, group_size={self.group_size}, compute={self.compute}")
 
 
 def least_error_scales(grouped: torch.Tensor, top: int) -> torch.Tensor:

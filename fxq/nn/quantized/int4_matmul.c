@@ -1,0 +1,145 @@
+/* fxq's int4 weight-only matmul for x86-64 CPUs with AVX2 (see int4_native.py for why it exists).
+
+   Weight: `w` [N, Kp / 2] bytes, two 4-bit levels per byte (element 2j in the low nibble, 2j + 1 in the high
+   one), each level stored with an offset of 8; `wscale` [N, Kp / G] float32, one scale per row and group of G
+   inputs. Kp is the input width padded to a multiple of G; the padding levels are 0 (stored as 8).
+
+   Each activation row is quantized to int8 with one scale per group (symmetric, levels -127..127), laid out in
+   chunks of 64 to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
+   chunk in its low nibbles and the 32 odd ones in its high nibbles, so the row's chunk holds its even elements
+   first. Products of unsigned levels (0..15) and int8 activations are summed in 16 bits (maddubs: at most
+   2 * 15 * 127 per lane and pair, 8 pairs for a group of 256: 30480, no overflow), then in float per group;
+   the levels' offset is removed per group with the sum of the activation levels. */
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define CHUNK 64   /* inputs per 32-byte load of weight bytes */
+#define TILE 4     /* weight rows computed together, sharing each activation load */
+#define MBLOCK 32  /* activation rows walked per pass over the weight, so they stay in cache */
+
+static void quantize_row(const float* x, int64_t K, int64_t Kp, int64_t G, int8_t* q, float* scale,
+                         float* offset) {
+    for (int64_t g = 0; g < Kp / G; g++) {
+        float amax = 0.f;
+        for (int64_t k = g * G; k < (g + 1) * G && k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int32_t sum = 0;
+        for (int64_t c = g * G / CHUNK; c < (g + 1) * G / CHUNK; c++) {
+            for (int j = 0; j < CHUNK; j++) {
+                int64_t k = c * CHUNK + j;
+                int32_t level = k < K ? (int32_t)lrintf(x[k] * inv) : 0;
+                q[c * CHUNK + (j & 1) * (CHUNK / 2) + j / 2] = (int8_t)level;
+                sum += level;
+            }
+        }
+        scale[g] = amax / 127.f;
+        offset[g] = 8.f * (float)sum;
+    }
+}
+
+static inline float horizontal_sum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 16 pair sums of one chunk: levels (unsigned) times activation levels, even and odd elements added. */
+static inline __m256i chunk_products(const uint8_t* bytes, __m256i even, __m256i odd, __m256i nibble) {
+    __m256i packed = _mm256_loadu_si256((const __m256i*)bytes);
+    __m256i low = _mm256_and_si256(packed, nibble);
+    __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(low, even), _mm256_maddubs_epi16(high, odd));
+}
+
+static void tile_rows(const int8_t* xq, const float* xscale, const float* xoffset, const uint8_t* w,
+                      const float* wscale, int64_t n0, int64_t rows, int64_t Kp, int64_t G, float* out) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const int64_t groups = Kp / G, chunks = G / CHUNK;
+    const uint8_t* row[TILE];
+    const float* rscale[TILE];
+    for (int r = 0; r < TILE; r++) { /* a short last tile repeats its first row and discards the result */
+        row[r] = w + (n0 + (r < rows ? r : 0)) * (Kp / 2);
+        rscale[r] = wscale + (n0 + (r < rows ? r : 0)) * groups;
+    }
+    __m256 acc[TILE];
+    float offset[TILE];
+    for (int r = 0; r < TILE; r++) { acc[r] = _mm256_setzero_ps(); offset[r] = 0.f; }
+    for (int64_t g = 0; g < groups; g++) {
+        __m256i dot[TILE];
+        for (int r = 0; r < TILE; r++) dot[r] = _mm256_setzero_si256();
+        for (int64_t c = g * chunks; c < (g + 1) * chunks; c++) {
+            __m256i even = _mm256_load_si256((const __m256i*)(xq + c * CHUNK));
+            __m256i odd = _mm256_load_si256((const __m256i*)(xq + c * CHUNK + CHUNK / 2));
+            for (int r = 0; r < TILE; r++)
+                dot[r] = _mm256_add_epi16(dot[r], chunk_products(row[r] + c * (CHUNK / 2), even, odd, nibble));
+        }
+        for (int r = 0; r < TILE; r++) {
+            float s = rscale[r][g] * xscale[g];
+            __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot[r], ones));
+            acc[r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(s), acc[r]);
+            offset[r] += s * xoffset[g];
+        }
+    }
+    for (int r = 0; r < rows; r++) out[r] = horizontal_sum(acc[r]) - offset[r];
+}
+
+/* y [M, N] = x [M, K] @ dequantized(w)^T (+ bias). Returns 0, or -1 where memory could not be allocated. */
+int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const float* wscale, int64_t N,
+                    int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
+    const int64_t groups = Kp / G, tiles = (N + TILE - 1) / TILE;
+    int8_t* xq = aligned_alloc(64, (size_t)((M * Kp + 63) / 64 * 64));
+    float* xscale = malloc(sizeof(float) * (size_t)(M * groups));
+    float* xoffset = malloc(sizeof(float) * (size_t)(M * groups));
+    if (!xq || !xscale || !xoffset) {
+        free(xq); free(xscale); free(xoffset);
+        return -1;
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++)
+            quantize_row(x + m * K, K, Kp, G, xq + m * Kp, xscale + m * groups, xoffset + m * groups);
+        for (int64_t m0 = 0; m0 < M; m0 += MBLOCK) {
+            const int64_t m1 = m0 + MBLOCK < M ? m0 + MBLOCK : M;
+            #pragma omp for schedule(static)
+            for (int64_t t = 0; t < tiles; t++) {
+                const int64_t n0 = t * TILE, rows = N - n0 < TILE ? N - n0 : TILE;
+                for (int64_t m = m0; m < m1; m++) {
+                    float* out = y + m * N + n0;
+                    tile_rows(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows, Kp, G,
+                              out);
+                    if (bias)
+                        for (int64_t r = 0; r < rows; r++) out[r] += bias[n0 + r];
+                }
+            }
+        }
+    }
+    free(xq); free(xscale); free(xoffset);
+    return 0;
+}
+
+/* out [N, K] = the float32 weight: for many activation rows, a float matmul on it is faster. */
+void fxq_int4_dequantize(const uint8_t* w, const float* wscale, int64_t N, int64_t K, int64_t Kp, int64_t G,
+                         float* out, int threads) {
+    const int64_t groups = Kp / G;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t* row = w + n * (Kp / 2);
+        float* dst = out + n * K;
+        for (int64_t g = 0; g < groups; g++) {
+            const float s = wscale[n * groups + g];
+            const int64_t end = (g + 1) * G < K ? (g + 1) * G : K;
+            int64_t k = g * G;
+            for (; k + 1 < end; k += 2) {
+                const uint8_t byte = row[k / 2];
+                dst[k] = (float)((int)(byte & 0x0F) - 8) * s;
+                dst[k + 1] = (float)((int)(byte >> 4) - 8) * s;
+            }
+            if (k < end) dst[k] = (float)((int)(row[k / 2] & 0x0F) - 8) * s;
+        }
+    }
+}

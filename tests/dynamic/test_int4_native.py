@@ -1,0 +1,115 @@
+"""fxq's own int4 matmul (``fxq.nn.quantized.int4_native``): the kernel computes what its float reference says on
+awkward shapes, int4 Linears run on it where it builds, and a machine where it cannot build falls back to torch's
+kernel with a warning rather than failing."""
+
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from fxq.metrics import sqnr_db
+from fxq.nn.quantized import int4_native
+from fxq.nn.quantized.weight_only_linear import WeightOnlyLinear
+
+needs_kernel = pytest.mark.skipif(not int4_native.available(), reason="fxq's int4 kernel needs x86 AVX2/FMA and a "
+                                  "C compiler")
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows, out_features, in_features, group", [
+    (1, 96, 256, 64), (5, 23, 200, 64), (3, 17, 384, 128), (2, 8, 512, 256), (7, 33, 100, 128)])
+def test_the_kernel_computes_its_reference_product(rows, out_features, in_features, group):
+    generator = torch.Generator().manual_seed(rows * out_features)
+    padded = -(-in_features // group) * group
+    x = torch.randn(rows, in_features, generator=generator) * torch.rand(in_features, generator=generator) * 4
+    qweight = torch.randint(0, 256, (out_features, padded // 2), generator=generator, dtype=torch.uint8)
+    scale = torch.rand(out_features, padded // group, generator=generator) + 0.01
+    bias = torch.randn(out_features, generator=generator)
+    for b in (bias, None):
+        got = torch.ops.fxq.int4_linear(x, qweight, scale, group, b)
+        expected = int4_native.reference(x, qweight, scale, group, b)
+        assert (got.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@needs_kernel
+def test_a_zero_row_computes_zeros_and_no_rows_compute_an_empty_result():
+    qweight = torch.randint(0, 256, (16, 64), dtype=torch.uint8)
+    scale = torch.rand(16, 2)
+    assert torch.equal(torch.ops.fxq.int4_linear(torch.zeros(1, 128), qweight, scale, 64, None), torch.zeros(1, 16))
+    assert torch.ops.fxq.int4_linear(torch.zeros(0, 128), qweight, scale, 64, None).shape == (0, 16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 12, 200])  # 200 rows of a small weight: expanded and a float matmul
+def test_int4_linears_run_the_kernel_close_to_the_float_product_of_their_weight(rows):
+    torch.manual_seed(0)
+    layer = nn.Linear(300, 70)  # neither width fits torch's int4 kernel
+    quantized = WeightOnlyLinear(layer, 4, 64)
+    assert quantized.compute.startswith("fxq int4 kernel")
+    x = torch.randn(2, rows, 300)
+    expected = nn.functional.linear(x, quantized.dequantized_weight(), layer.bias)
+    assert sqnr_db(expected, quantized(x)) > 38  # 8-bit activations per group of 64: measured 44 dB
+    assert quantized(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+@needs_kernel
+def test_kernel_layers_copy_pickle_load_state_dict_and_trace():
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 96)
+    quantized = WeightOnlyLinear(layer, 4, 128)
+    x = torch.randn(3, 256)
+    for copy_of in (copy.deepcopy(quantized), pickle.loads(pickle.dumps(quantized))):
+        assert copy_of.uses_int4_kernel and torch.equal(copy_of(x), quantized(x))
+    other = WeightOnlyLinear(nn.Linear(256, 96), 4, 128)
+    other.load_state_dict(quantized.state_dict())
+    assert torch.equal(other(x), quantized(x))
+    traced = torch.jit.trace(quantized, x)  # the kernel is an operator: a trace calls it, not a constant result
+    assert "fxq::int4_linear" in str(traced.inlined_graph)
+    assert torch.equal(traced(2 * x), quantized(2 * x))
+
+
+@needs_kernel
+def test_the_dequantized_weight_is_the_modules_own():
+    torch.manual_seed(0)
+    quantized = WeightOnlyLinear(nn.Linear(200, 24), 4, 64)
+    assert torch.equal(int4_native.dequantize(quantized.qweight, quantized.scale, 64, 200),
+                       quantized.dequantized_weight())
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A build into an empty cache directory, forgotten again afterwards."""
+    monkeypatch.setenv("FXQ_CACHE_DIR", str(tmp_path))
+    int4_native._library.cache_clear()
+    yield tmp_path
+    int4_native._library.cache_clear()
+
+
+@needs_kernel
+def test_the_build_is_cached_by_source_and_reused(fresh_build):
+    assert int4_native.available()
+    built = list(fresh_build.glob("int4_matmul-*.so"))
+    assert len(built) == 1 and not list(fresh_build.glob("tmp*"))
+    stamp = built[0].stat().st_mtime_ns
+    int4_native._library.cache_clear()
+    assert int4_native.available() and built[0].stat().st_mtime_ns == stamp
+
+
+@needs_kernel
+def test_a_compiler_that_fails_warns_and_int4_falls_back_to_torch_kernel(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.warns(UserWarning, match="could not build its int4 matmul"):
+        assert not int4_native.available()
+    quantized = WeightOnlyLinear(nn.Linear(256, 96), 4, 64)
+    assert quantized.compute.startswith("torch int4 kernel")
+
+
+def test_the_kernel_can_be_turned_off(fresh_build, monkeypatch):
+    monkeypatch.setenv("FXQ_NATIVE_KERNELS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not int4_native.available()
+    assert not WeightOnlyLinear(nn.Linear(300, 70), 4, 64).uses_int4_kernel  # and torch's does not fit
