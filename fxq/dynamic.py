@@ -60,8 +60,8 @@ class WeightOnly:
 DEFAULT_SPEC = (nn.Linear, nn.LSTM, nn.GRU)
 # Decoder LLM settings by name, each on the fastest CPU kernel measured for its bits (``fxq bench --llm``); the
 # LM head is a Linear, so it is quantized too. int8: Linears on fbgemm's dynamic kernel (int8 weights,
-# activations quantized per call). int4: Linears group-wise 4-bit (group 128) on torch's int4 kernel with
-# bfloat16 activations. Embeddings take 8-bit rows in both: one 4-bit scale over a 2048-wide row costs more
+# activations quantized per call). int4: Linears group-wise 4-bit (group 128) on fxq's int4 kernel (or torch's
+# where fxq's cannot be built). Embeddings take 8-bit rows in both: one 4-bit scale over a 2048-wide row costs more
 # accuracy than all the int4 Linears of a layer (a 1-layer Llama's logits: 11.4 dB SQNR for 4-bit rows, 35.8
 # for 8-bit), and a decode step reads one row per token, so the 4-bit table saves memory but no time.
 PRESETS = {"int8": {nn.Linear: Dynamic(torch.qint8), nn.Embedding: WeightOnly(8)},
