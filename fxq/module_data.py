@@ -69,7 +69,7 @@ class _Writer:
                 "buffers": {name: self.tensor(b, f"{path}.{name}") for name, b in module._buffers.items()},
                 "non_persistent": sorted(module._non_persistent_buffers_set),
                 "children": {name: self.module(child, _join(path, name)) for name, child in module._modules.items()
-                             if child not in self.skip},
+                             if child not in self.skip and name not in getattr(module, "_kernel_state", ())},
                 "training": module.training}
         if isinstance(module, GraphModule):
             skipped = frozenset(n for n in module.graph.nodes

@@ -14,12 +14,30 @@ from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.nn.quantized.weight_state import KEYS, from_state, to_state
 
 
+class PackedCell(nn.Module):
+    """One layer and direction's prepacked input and hidden weights. Calling it makes the recurrent kernel's cell
+    parameters (a cheap wrapper): a list of those cannot be frozen by TorchScript, these modules can."""
+
+    def __init__(self, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor,
+                 bias_hh: torch.Tensor) -> None:
+        super().__init__()
+        self.packed_ih = torch.ops.quantized.linear_prepack(weight_ih, bias_ih)
+        self.packed_hh = torch.ops.quantized.linear_prepack(weight_hh, bias_hh)
+        self.bias_ih, self.bias_hh = bias_ih, bias_hh
+
+    def forward(self):
+        return torch.ops.quantized.make_quantized_cell_params_dynamic(self.packed_ih, self.packed_hh, self.bias_ih,
+                                                                      self.bias_hh, False)
+
+
 class DynamicRNN(RebuildsKernelState):
-    """Base of the dynamic LSTM/GRU: holds the quantized weights by name, rebuilds the kernel's cell parameters
-    from them after loading, copying or unpickling. Subclasses implement ``forward``."""
+    """Base of the dynamic LSTM/GRU: holds the quantized weights by name, rebuilds the kernel's packed cells
+    from them after loading, copying or unpickling. Subclasses implement ``forward``; TorchScript compiles and
+    freezes them."""
 
     _fxq_leaf = True
-    _kernel_state = ("_params",)
+    _kernel_state = ("cells",)
+    __jit_ignored_attributes__ = ["weights"]  # quantized copies for state_dict; the packed cells are what run
 
     def __init__(self, rnn: nn.LSTM | nn.GRU, quantize_weight) -> None:
         super().__init__()
@@ -49,20 +67,18 @@ class DynamicRNN(RebuildsKernelState):
         return [f"bias_{kind}{s}" for s in self._suffixes() for kind in ("ih", "hh")]
 
     def _repack(self) -> None:
-        params = []
         with using_engine(self.engine):
-            for s in self._suffixes():
-                b_ih, b_hh = getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")
-                w_ih = torch.ops.quantized.linear_prepack(self.weights[f"weight_ih{s}"], b_ih)
-                w_hh = torch.ops.quantized.linear_prepack(self.weights[f"weight_hh{s}"], b_hh)
-                params.append(torch.ops.quantized.make_quantized_cell_params_dynamic(w_ih, w_hh, b_ih, b_hh, False))
-        self._params = params
+            self.cells = nn.ModuleList(
+                PackedCell(self.weights[f"weight_ih{s}"], self.weights[f"weight_hh{s}"], getattr(self, f"bias_ih{s}"),
+                           getattr(self, f"bias_hh{s}")) for s in self._suffixes())
 
     def _initial_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else None
-        shape = (self.num_layers * (2 if self.bidirectional else 1),) + ((batch,) if batch else ()) + \
-                (self.hidden_size,)
-        return torch.zeros(shape, dtype=x.dtype)
+        """Zeros (layers x directions, [batch,] hidden); written so TorchScript compiles it."""
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        if x.dim() == 3:
+            batch = x.shape[0] if self.batch_first else x.shape[1]
+            return torch.zeros(states, batch, self.hidden_size, dtype=x.dtype)
+        return torch.zeros(states, self.hidden_size, dtype=x.dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -97,7 +113,8 @@ class DynamicLSTM(DynamicRNN):
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         if hx is None:
             hx = (self._initial_hidden(x), self._initial_hidden(x))
-        output, h, c = torch.quantized_lstm(x, list(hx), self._params, self.has_biases, self.num_layers, 0.0, False,
+        params = [cell() for cell in self.cells]
+        output, h, c = torch.quantized_lstm(x, list(hx), params, self.has_biases, self.num_layers, 0.0, False,
                                             self.bidirectional, self.batch_first, dtype=torch.qint8,
                                             use_dynamic=True)
         return output, (h, c)
@@ -111,5 +128,6 @@ class DynamicGRU(DynamicRNN):
     def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None):
         if hx is None:
             hx = self._initial_hidden(x)
-        return torch.quantized_gru(x, hx, self._params, self.has_biases, self.num_layers, 0.0, False,
+        params = [cell() for cell in self.cells]
+        return torch.quantized_gru(x, hx, params, self.has_biases, self.num_layers, 0.0, False,
                                    self.bidirectional, self.batch_first)

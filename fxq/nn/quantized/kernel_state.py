@@ -1,5 +1,7 @@
 """Modules whose kernels need opaque objects (prepacked weights, recurrent cell parameters) that cannot be
-pickled or copied: they keep those out of their state and rebuild them from the plain tensors they keep."""
+pickled or copied: they keep those out of their state and rebuild them from the plain tensors they keep. Such an
+object may sit in a child module of its own (TorchScript freezes a module's packed-weight attributes, not a list
+of them): that child is kernel state too, left out of pickles, copies and ``fxq.save`` files."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from torch import nn
 
 
 class RebuildsKernelState(nn.Module):
-    """Base for such modules: the attributes named in ``_kernel_state`` are dropped when pickling or copying and
-    rebuilt by ``_repack()`` afterwards."""
+    """Base for such modules: the attributes and child modules named in ``_kernel_state`` are dropped when
+    pickling or copying and rebuilt by ``_repack()`` afterwards."""
 
     _kernel_state: tuple[str, ...] = ()
 
@@ -21,6 +23,7 @@ class RebuildsKernelState(nn.Module):
         state = self.__dict__.copy()
         for name in self._kernel_state:
             state.pop(name, None)
+        state["_modules"] = {name: child for name, child in self._modules.items() if name not in self._kernel_state}
         return state
 
     def __setstate__(self, state):
