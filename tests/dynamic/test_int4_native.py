@@ -113,3 +113,15 @@ def test_the_kernel_can_be_turned_off(fresh_build, monkeypatch):
         warnings.simplefilter("error")
         assert not int4_native.available()
     assert not WeightOnlyLinear(nn.Linear(300, 70), 4, 64).uses_int4_kernel  # and torch's does not fit
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [3, 100])  # the kernel, and a weight expanded for many rows
+def test_gradients_flow_to_the_inputs_through_the_int4_weight(rows):
+    torch.manual_seed(0)
+    quantized = WeightOnlyLinear(nn.Linear(300, 64), 4, 64)
+    x = torch.randn(rows, 300, requires_grad=True)
+    grad = torch.randn(rows, 64)
+    quantized(x).backward(grad)
+    expected = grad @ quantized.dequantized_weight()  # activation rounding passes gradients straight through
+    assert torch.allclose(x.grad, expected, atol=1e-5)

@@ -97,10 +97,29 @@ def _int4_linear_shape(x, qweight, scale, group_size, bias):
     return x.new_empty(x.shape[0], qweight.shape[0], dtype=torch.float32)
 
 
+def _remember_weight(ctx, inputs, output) -> None:
+    x, qweight, scale, group_size, bias = inputs
+    ctx.save_for_backward(qweight, scale)
+    ctx.group_size, ctx.in_features, ctx.has_bias = group_size, x.shape[1], bias is not None
+
+
+def _int4_linear_backward(ctx, grad: torch.Tensor):
+    """Gradients for the activations (through the int4 weight; the 8-bit rounding of the activations passes
+    them straight through) and the bias, so a frozen int4 model can train adapters or be differentiated."""
+    qweight, scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad @ dequantize(qweight, scale, ctx.group_size, ctx.in_features)
+    if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad.sum(0)
+    return grad_x, None, None, None, grad_bias
+
+
 _OPS = torch.library.Library("fxq", "FRAGMENT")
 _OPS.define("int4_linear(Tensor x, Tensor qweight, Tensor scale, int group_size, Tensor? bias) -> Tensor")
 _OPS.impl("int4_linear", _int4_linear, "CPU")
 torch.library.register_fake("fxq::int4_linear", _int4_linear_shape, lib=_OPS)
+torch.library.register_autograd("fxq::int4_linear", _int4_linear_backward, setup_context=_remember_weight, lib=_OPS)
 
 
 def reference(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int,
@@ -153,7 +172,7 @@ def _build(compiler: str) -> Path:
     try:
         directory = Path(os.environ.get("FXQ_CACHE_DIR") or Path.home() / ".cache" / "fxq")
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # not writable, or no home directory
         directory = Path(tempfile.mkdtemp(prefix="fxq-"))
     target = directory / f"int4_matmul-{digest}.so"
     if not target.exists():
