@@ -2,12 +2,14 @@
 prepacked; the recurrent kernel (``torch.quantized_lstm`` / ``quantized_gru``) quantizes activations per step
 on the fly, at full 8 bits (``quantize_weight`` decides the weights' range: fxq narrows them instead, see
 ``fxq.dynamic``). Multi-layer, bidirectional and batch_first models keep their behaviour; dropout between layers
-is an eval-time no-op, as in the float module."""
+is an eval-time no-op, as in the float module. Inputs may be ``PackedSequence``s (``pack_padded_sequence``), as
+for the float modules; TorchScript compiles the tensor path."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from fxq.nn.quantized.engine import using_engine
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
@@ -105,12 +107,29 @@ class DynamicRNN(RebuildsKernelState):
                 "activations=dynamic")
 
 
+    @torch.jit.unused
+    def _packed_states(self, x: PackedSequence, states: list[torch.Tensor] | None, count: int) -> list[torch.Tensor]:
+        """The ``count`` initial states for packed input ``x``: zeros, or the given ones in ``x``'s sorted batch
+        order."""
+        if states is None:
+            zeros = torch.zeros(self.num_layers * (2 if self.bidirectional else 1), int(x.batch_sizes[0]),
+                                self.hidden_size, dtype=x.data.dtype)
+            return [zeros] * count
+        return states if x.sorted_indices is None else [s.index_select(1, x.sorted_indices) for s in states]
+
+    @staticmethod
+    def _unsorted(x: PackedSequence, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        return states if x.unsorted_indices is None else [s.index_select(1, x.unsorted_indices) for s in states]
+
+
 class DynamicLSTM(DynamicRNN):
     """An ``nn.LSTM`` with qint8 weights; same inputs and outputs: ``output, (h, c)``."""
 
     fxq_concept = "lstm"
 
     def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if not torch.jit.is_scripting() and isinstance(x, PackedSequence):
+            return self._forward_packed(x, hx)
         if hx is None:
             hx = (self._initial_hidden(x), self._initial_hidden(x))
         params = [cell() for cell in self.cells]
@@ -119,6 +138,15 @@ class DynamicLSTM(DynamicRNN):
                                             use_dynamic=True)
         return output, (h, c)
 
+    @torch.jit.unused
+    def _forward_packed(self, x: PackedSequence, hx):
+        states = self._packed_states(x, None if hx is None else list(hx), 2)
+        output, h, c = torch.quantized_lstm(x.data, x.batch_sizes, states, [cell() for cell in self.cells],
+                                            self.has_biases, self.num_layers, 0.0, False, self.bidirectional,
+                                            dtype=torch.qint8, use_dynamic=True)
+        h, c = self._unsorted(x, [h, c])
+        return PackedSequence(output, x.batch_sizes, x.sorted_indices, x.unsorted_indices), (h, c)
+
 
 class DynamicGRU(DynamicRNN):
     """An ``nn.GRU`` with qint8 weights; same inputs and outputs: ``output, h``."""
@@ -126,8 +154,18 @@ class DynamicGRU(DynamicRNN):
     fxq_concept = "gru"
 
     def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None):
+        if not torch.jit.is_scripting() and isinstance(x, PackedSequence):
+            return self._forward_packed(x, hx)
         if hx is None:
             hx = self._initial_hidden(x)
         params = [cell() for cell in self.cells]
         return torch.quantized_gru(x, hx, params, self.has_biases, self.num_layers, 0.0, False,
                                    self.bidirectional, self.batch_first)
+
+    @torch.jit.unused
+    def _forward_packed(self, x: PackedSequence, hx):
+        (state,) = self._packed_states(x, None if hx is None else [hx], 1)
+        output, h = torch.quantized_gru(x.data, x.batch_sizes, state, [cell() for cell in self.cells],
+                                        self.has_biases, self.num_layers, 0.0, False, self.bidirectional)
+        (h,) = self._unsorted(x, [h])
+        return PackedSequence(output, x.batch_sizes, x.sorted_indices, x.unsorted_indices), h
