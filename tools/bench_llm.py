@@ -112,7 +112,7 @@ def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
 def on_torch_int4_kernel(build: Callable[[], nn.Module]) -> nn.Module:
     """What ``build`` makes, its int4 Linears on torch's int4 kernel as on a machine where fxq's own kernel cannot
     be built: both kernels measured in one run."""
-    with mock.patch.object(int4_native, "applies", lambda group_size: False):
+    with mock.patch.object(int4_native, "applies", lambda group_size, in_features: False):
         return build()
 
 

@@ -20,7 +20,8 @@ needs_kernel = pytest.mark.skipif(not int4_native.available(), reason="fxq's int
 
 @needs_kernel
 @pytest.mark.parametrize("rows, out_features, in_features, group", [
-    (1, 96, 256, 64), (5, 23, 200, 64), (3, 17, 384, 128), (2, 8, 512, 256), (7, 33, 100, 128)])
+    (1, 96, 256, 64), (5, 23, 200, 64), (3, 17, 384, 128), (2, 8, 512, 256), (7, 33, 100, 128), (4, 21, 250, 32),
+    (1, 16, 128, 32)])
 def test_the_kernel_computes_its_reference_product(rows, out_features, in_features, group):
     generator = torch.Generator().manual_seed(rows * out_features)
     padded = -(-in_features // group) * group
@@ -69,6 +70,13 @@ def test_kernel_layers_copy_pickle_load_state_dict_and_trace():
     traced = torch.jit.trace(quantized, x)  # the kernel is an operator: a trace calls it, not a constant result
     assert "fxq::int4_linear" in str(traced.inlined_graph)
     assert torch.equal(traced(2 * x), quantized(2 * x))
+
+
+@needs_kernel
+@needs_kernel
+def test_groups_of_32_take_the_kernel_where_the_width_pads_to_whole_chunks():
+    assert WeightOnlyLinear(nn.Linear(250, 8), 4, 32).compute.startswith("fxq int4 kernel")  # 256 = 4 chunks
+    assert not WeightOnlyLinear(nn.Linear(96, 8), 4, 32).compute.startswith("fxq int4 kernel")  # 96: 1.5 chunks
 
 
 @needs_kernel

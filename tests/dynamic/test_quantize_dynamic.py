@@ -204,7 +204,7 @@ def torch_int4_kernel(monkeypatch):
     """int4 Linears on torch's kernel, as on a machine where fxq's own (AVX2) kernel does not build."""
     from fxq.nn.quantized import int4_native
 
-    monkeypatch.setattr(int4_native, "applies", lambda group_size: False)
+    monkeypatch.setattr(int4_native, "applies", lambda group_size, in_features: False)
 
 
 def test_int4_weight_only_runs_torch_int4_kernel_and_computes_the_dequantized_product(torch_int4_kernel):

@@ -5,11 +5,12 @@
    inputs. Kp is the input width padded to a multiple of G; the padding levels are 0 (stored as 8).
 
    Each activation row is quantized to int8 with one scale per group (symmetric, levels -127..127), laid out in
-   chunks of 64 to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
+   chunks of 64 (Kp is a multiple of 64) to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
    chunk in its low nibbles and the 32 odd ones in its high nibbles, so the row's chunk holds its even elements
    first. Products of unsigned levels (0..15) and int8 activations are summed in 16 bits (maddubs: at most
    2 * 15 * 127 per lane and pair, 8 pairs for a group of 256: 30480, no overflow), then in float per group;
-   the levels' offset is removed per group with the sum of the activation levels. */
+   the levels' offset is removed per group with the sum of the activation levels. Groups of 32 share a chunk
+   two by two: their sums are scaled per chunk instead (``tile_rows_32``). */
 
 #include <immintrin.h>
 #include <math.h>
@@ -27,13 +28,11 @@ static void quantize_row(const float* x, int64_t K, int64_t Kp, int64_t G, int8_
         for (int64_t k = g * G; k < (g + 1) * G && k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
         float inv = amax > 0.f ? 127.f / amax : 0.f;
         int32_t sum = 0;
-        for (int64_t c = g * G / CHUNK; c < (g + 1) * G / CHUNK; c++) {
-            for (int j = 0; j < CHUNK; j++) {
-                int64_t k = c * CHUNK + j;
-                int32_t level = k < K ? (int32_t)lrintf(x[k] * inv) : 0;
-                q[c * CHUNK + (j & 1) * (CHUNK / 2) + j / 2] = (int8_t)level;
-                sum += level;
-            }
+        for (int64_t k = g * G; k < (g + 1) * G; k++) {
+            int32_t level = k < K ? (int32_t)lrintf(x[k] * inv) : 0;
+            int64_t j = k % CHUNK;
+            q[k - j + (j & 1) * (CHUNK / 2) + j / 2] = (int8_t)level;
+            sum += level;
         }
         scale[g] = amax / 127.f;
         offset[g] = 8.f * (float)sum;
@@ -87,6 +86,34 @@ static void tile_rows(const int8_t* xq, const float* xscale, const float* xoffse
     for (int r = 0; r < rows; r++) out[r] = horizontal_sum(acc[r]) - offset[r];
 }
 
+/* Groups of 32: each chunk holds two groups, whose products land in the low and high 128 bits of the sums. */
+static void tile_rows_32(const int8_t* xq, const float* xscale, const float* xoffset, const uint8_t* w,
+                         const float* wscale, int64_t n0, int64_t rows, int64_t Kp, float* out) {
+    const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const int64_t groups = Kp / 32;
+    const uint8_t* row[TILE];
+    const float* rscale[TILE];
+    for (int r = 0; r < TILE; r++) {
+        row[r] = w + (n0 + (r < rows ? r : 0)) * (Kp / 2);
+        rscale[r] = wscale + (n0 + (r < rows ? r : 0)) * groups;
+    }
+    __m256 acc[TILE];
+    float offset[TILE];
+    for (int r = 0; r < TILE; r++) { acc[r] = _mm256_setzero_ps(); offset[r] = 0.f; }
+    for (int64_t c = 0; c < Kp / CHUNK; c++) {
+        __m256i even = _mm256_load_si256((const __m256i*)(xq + c * CHUNK));
+        __m256i odd = _mm256_load_si256((const __m256i*)(xq + c * CHUNK + CHUNK / 2));
+        for (int r = 0; r < TILE; r++) {
+            float first = rscale[r][2 * c] * xscale[2 * c], second = rscale[r][2 * c + 1] * xscale[2 * c + 1];
+            __m256i sums = _mm256_madd_epi16(chunk_products(row[r] + c * (CHUNK / 2), even, odd, nibble), ones);
+            __m256 s = _mm256_set_m128(_mm_set1_ps(second), _mm_set1_ps(first));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
+            offset[r] += first * xoffset[2 * c] + second * xoffset[2 * c + 1];
+        }
+    }
+    for (int r = 0; r < rows; r++) out[r] = horizontal_sum(acc[r]) - offset[r];
+}
+
 /* y [M, N] = x [M, K] @ dequantized(w)^T (+ bias). Returns 0, or -1 where memory could not be allocated. */
 int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const float* wscale, int64_t N,
                     int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
@@ -110,8 +137,12 @@ int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
                 const int64_t n0 = t * TILE, rows = N - n0 < TILE ? N - n0 : TILE;
                 for (int64_t m = m0; m < m1; m++) {
                     float* out = y + m * N + n0;
-                    tile_rows(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows, Kp, G,
-                              out);
+                    if (G == 32)
+                        tile_rows_32(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows,
+                                     Kp, out);
+                    else
+                        tile_rows(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows, Kp,
+                                  G, out);
                     if (bias)
                         for (int64_t r = 0; r < rows; r++) out[r] += bias[n0 + r];
                 }

@@ -35,7 +35,7 @@ from fxq import cpu
 
 SOURCE = Path(__file__).with_name("int4_matmul.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-GROUPS = (64, 128, 256)  # group sizes the kernel takes: whole chunks of 64, and 16-bit sums that cannot overflow
+GROUPS = (32, 64, 128, 256)  # group sizes the kernel takes: 16-bit sums of up to 256 products cannot overflow
 FEWEST_EXPANDED_ROWS, WEIGHTS_PER_EXPANDED_ROW = 48, 32768  # when a float matmul beats the kernel: ``_expands``
 
 
@@ -44,8 +44,9 @@ def available() -> bool:
     return _library() is not None
 
 
-def applies(group_size: int) -> bool:
-    return group_size in GROUPS and available()
+def applies(group_size: int, in_features: int) -> bool:
+    """Whether the kernel takes this weight: a group size it knows and a padded width of whole 64-input chunks."""
+    return group_size in GROUPS and -(-in_features // group_size) * group_size % 64 == 0 and available()
 
 
 def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int, in_features: int,
@@ -190,15 +191,18 @@ def _build(compiler: str) -> Path:
 
 def _agrees(library: ctypes.CDLL) -> bool:
     """The kernel against ``reference`` on random data of awkward sizes (a short last tile, a padded last
-    group, a bias)."""
+    group, a bias), for both of its ways of summing groups."""
     generator = torch.Generator().manual_seed(0)
-    rows, out_features, in_features, group = 3, 23, 200, 64
-    x = torch.randn(rows, in_features, generator=generator)
-    qweight = torch.randint(0, 256, (out_features, 128), generator=generator, dtype=torch.uint8)
-    scale = torch.rand(out_features, 256 // group, generator=generator) + 0.1
-    bias = torch.randn(out_features, generator=generator)
-    y = torch.empty(rows, out_features)
-    library.fxq_int4_linear(x.data_ptr(), rows, in_features, qweight.data_ptr(), scale.data_ptr(), out_features,
-                            256, group, bias.data_ptr(), y.data_ptr(), 1)
-    expected = reference(x, qweight, scale, group, bias)
-    return bool((y.double() - expected).abs().max() <= 1e-4 * expected.abs().max())
+    for group, in_features in ((64, 200), (32, 250)):
+        rows, out_features, padded = 3, 23, 256
+        x = torch.randn(rows, in_features, generator=generator)
+        qweight = torch.randint(0, 256, (out_features, padded // 2), generator=generator, dtype=torch.uint8)
+        scale = torch.rand(out_features, padded // group, generator=generator) + 0.1
+        bias = torch.randn(out_features, generator=generator)
+        y = torch.empty(rows, out_features)
+        library.fxq_int4_linear(x.data_ptr(), rows, in_features, qweight.data_ptr(), scale.data_ptr(), out_features,
+                                padded, group, bias.data_ptr(), y.data_ptr(), 1)
+        expected = reference(x, qweight, scale, group, bias)
+        if not (y.double() - expected).abs().max() <= 1e-4 * expected.abs().max():
+            return False
+    return True

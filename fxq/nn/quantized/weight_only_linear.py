@@ -1,7 +1,8 @@
 """Weight-only quantized Linear: int8 or int4 weights with one scale per group of ``group_size`` input columns.
 
 int4 runs on the fastest kernel this machine has: fxq's own (``fxq.nn.quantized.int4_native``: x86 with AVX2,
-groups of 64-256, any shape; activations rounded to 8 bits per group) or else torch's int4 CPU matmul
+groups of 32-256, any output width and any input width that pads to whole 64-input chunks; activations rounded
+to 8 bits per group) or else torch's int4 CPU matmul
 (``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where its shape rules allow (groups of 32-256
 dividing an input width that is a multiple of 128, an output width that is a multiple of the kernel's block).
 On torch's kernel the packed copy is the only copy of the weight in memory, and ``state_dict``, pickling and
@@ -68,7 +69,7 @@ class WeightOnlyLinear(RebuildsKernelState):
         """Choose the kernel (``compute``). For torch's int4 kernel: its packed weight and (scale, zero) table,
         and ``qweight`` dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
         self._int4_kernel, self.compute = None, EXPANDED
-        if self.bits == 4 and int4_native.applies(self.group_size):
+        if self.bits == 4 and int4_native.applies(self.group_size, self.in_features):
             self.compute = FXQ_KERNEL
             return
         if self.bits != 4 or self.group_size not in INT4_KERNEL_GROUPS or self.in_features % self.group_size \
