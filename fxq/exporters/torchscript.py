@@ -5,7 +5,9 @@ without fxq installed.
 It is the module the "torchscript" runtime runs (``fxq.runtime.frozen_script``): weights and qparams are
 constants, and its inputs and outputs are flat tensors (a model captured with ``torch.export`` returns a tuple
 where fxq's GraphModule returns, say, a Hugging Face output object). The export is checked against the
-GraphModule on the example inputs before it is written.
+GraphModule on the example inputs before it is written, and loaded back after: where it reproduces the model
+only under another quantized engine than this process's (a qnnpack model on x86), a warning names the engine
+to set before loading.
 
 "lite" is not passed through ``torch.utils.mobile_optimizer.optimize_for_mobile``: that needs XNNPACK, which
 torch's x86 CPU wheels lack; run it on a build that has it if the target is a phone.
@@ -14,6 +16,7 @@ torch's x86 CPU wheels lack; run it on a build that has it if the target is a ph
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch.fx import GraphModule
@@ -21,6 +24,7 @@ from torch.fx import GraphModule
 from fxq.converted import ConvertedGraphModule
 from fxq.errors import ConfigError
 from fxq.input_guard import diagnose
+from fxq.nn.quantized.engine import using_engine
 from fxq.runtime import call_like, compile_error, difference, example_inputs_of, frozen_script
 
 
@@ -58,3 +62,29 @@ def export(qm: GraphModule, path: str | os.PathLike, example_inputs=None, format
         module._save_for_lite_interpreter(os.fspath(path))
     else:
         torch.jit.save(module, os.fspath(path))
+        if inputs is not None:
+            _check_loading_engine(qm, path, inputs)
+
+
+def _check_loading_engine(qm: GraphModule, path, inputs: tuple) -> None:
+    """Warn where the written file, loaded under this process's quantized engine, computes other values than
+    ``qm``: loading re-packs the weights for the engine current at that moment (a qnnpack model loaded under
+    x86 runs fbgemm's kernels on them), and say which engine reproduces ``qm``."""
+    current = torch.backends.quantized.engine
+    if _loads_exactly(qm, path, inputs):
+        return
+    for engine in torch.backends.quantized.supported_engines:
+        if engine not in ("none", current):
+            with using_engine(engine):
+                if _loads_exactly(qm, path, inputs):
+                    warnings.warn(f"{os.fspath(path)} computes the model's values only when loaded with "
+                                  f"torch.backends.quantized.engine = {engine!r} (loading re-packs the weights for "
+                                  f"the current engine; under {current!r} they run other kernels): set it before "
+                                  "torch.jit.load", stacklevel=3)
+                    return
+    warnings.warn(f"{os.fspath(path)}, loaded back, computes other values than the model under every quantized "
+                  "engine of this torch build", stacklevel=3)
+
+
+def _loads_exactly(qm: GraphModule, path, inputs: tuple) -> bool:
+    return difference(qm, call_like(qm, torch.jit.load(os.fspath(path))), inputs) is None

@@ -55,3 +55,14 @@ def test_a_model_torchscript_cannot_compile_is_refused_with_the_alternatives(tmp
 def test_only_converted_models_are_exported(tmp_path):
     with pytest.raises(fxq.ConfigError, match="takes a model from fxq.convert"):
         fxq.export(make_model("mlp"), tmp_path / "model.pt")
+
+
+def test_an_export_that_needs_another_engine_to_load_says_which(tmp_path):
+    """Loading re-packs weights for the current engine: a qnnpack model loaded under x86 computes other values."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the x86 model loads back exactly: no warning
+        fxq.export(_quantized("x86"), tmp_path / "x86.pt")
+    with pytest.warns(UserWarning, match="torch.backends.quantized.engine = 'qnnpack'"):
+        fxq.export(_quantized("qnnpack"), tmp_path / "qnnpack.pt")
