@@ -50,8 +50,9 @@ class Dynamic:
 
 @dataclass(frozen=True)
 class WeightOnly:
-    """Weights in ``bits`` (8 or 4), activations float. Linear weights get one scale per ``group_size`` input
-    columns; embedding tables one scale and offset per row."""
+    """Weights in ``bits`` (8 or 4), activations float between layers (fxq's weight-only kernels round them to 8
+    bits per weight group inside the product). Linear weights get one scale per ``group_size`` input columns;
+    embedding tables one scale and offset per row."""
 
     bits: int = 8
     group_size: int = 128
@@ -74,7 +75,8 @@ class DynamicReport:
     """What ``quantize_dynamic`` converted (counts per kind), what stayed float and why, and the sizes: bytes of
     ``torch.save(state_dict)`` for the model, and of the converted modules' weights as stored (scales and zero
     points included). Row-wise embeddings and weight-only linears hold exactly these bytes in memory too;
-    prepacked kernels keep an extra packed copy, and a weight-only linear expands one float weight per call."""
+    prepacked kernels keep an extra packed copy, and a weight-only linear that no kernel runs expands one float
+    weight per call."""
 
     converted: Counter = field(default_factory=Counter)
     left_float: list[tuple[str, str, str]] = field(default_factory=list)

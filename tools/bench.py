@@ -29,7 +29,7 @@ from torch import nn
 import fxq
 from fxq.errors import ConfigError
 from fxq.metrics import sqnr_db
-from fxq.nn.quantized import int4_native
+from fxq.nn.quantized import weight_only_kernels
 from fxq.report import serialized_size
 from fxq.runtime import install_runtime
 from fxq.timing import cpu_flags_line, time_interleaved
@@ -339,7 +339,7 @@ def _decode_step_rows(rounds: int, warmup: int) -> list[list[str]]:
     variants = {"fp32": layers, "dynamic int8": fxq.quantize_dynamic(layers, {nn.Linear}),
                 "weight-only int8": fxq.quantize_dynamic(layers, {nn.Linear: fxq.WeightOnly(8, 128)}),
                 "weight-only int4 (group 128)": fxq.quantize_dynamic(layers, {nn.Linear: fxq.WeightOnly(4, 128)})}
-    if int4_native.available():
+    if weight_only_kernels.available():
         variants["weight-only int4, torch's kernel"] = on_torch_int4_kernel(
             lambda: fxq.quantize_dynamic(layers, {nn.Linear: fxq.WeightOnly(4, 128)}))
 

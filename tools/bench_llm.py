@@ -36,7 +36,7 @@ from torch import nn
 
 import fxq
 from fxq.metrics import sqnr_db
-from fxq.nn.quantized import int4_native
+from fxq.nn.quantized import weight_only_kernels
 from fxq.timing import cpu_flags_line
 
 SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32,
@@ -84,7 +84,7 @@ def run_llm_bench(threads: int = 2, rounds: int = 3, layers: int = SHAPE["num_hi
 def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
     builders = {"fxq int8": lambda m: fxq.quantize_dynamic(m, "int8"),
                 "fxq int4 (group 128)": lambda m: fxq.quantize_dynamic(m, "int4")}
-    if int4_native.available():
+    if weight_only_kernels.available():
         builders["fxq int4, torch's kernel"] = lambda m: on_torch_int4_kernel(lambda: fxq.quantize_dynamic(m, "int4"))
     try:
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
@@ -112,7 +112,7 @@ def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
 def on_torch_int4_kernel(build: Callable[[], nn.Module]) -> nn.Module:
     """What ``build`` makes, its int4 Linears on torch's int4 kernel as on a machine where fxq's own kernel cannot
     be built: both kernels measured in one run."""
-    with mock.patch.object(int4_native, "applies", lambda group_size, in_features: False):
+    with mock.patch.object(weight_only_kernels, "applies", lambda bits, group_size, in_features: False):
         return build()
 
 

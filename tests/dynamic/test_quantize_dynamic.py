@@ -202,9 +202,9 @@ def test_qnnpack_engine_runs_the_same_model_with_full_range_weights():
 @pytest.fixture
 def torch_int4_kernel(monkeypatch):
     """int4 Linears on torch's kernel, as on a machine where fxq's own (AVX2) kernel does not build."""
-    from fxq.nn.quantized import int4_native
+    from fxq.nn.quantized import weight_only_kernels
 
-    monkeypatch.setattr(int4_native, "applies", lambda group_size, in_features: False)
+    monkeypatch.setattr(weight_only_kernels, "applies", lambda bits, group_size, in_features: False)
 
 
 def test_int4_weight_only_runs_torch_int4_kernel_and_computes_the_dequantized_product(torch_int4_kernel):
@@ -213,13 +213,13 @@ def test_int4_weight_only_runs_torch_int4_kernel_and_computes_the_dequantized_pr
     torch.manual_seed(0)
     layer = nn.Linear(256, 96)
     fast, fallback = WeightOnlyLinear(layer, 4, 64), WeightOnlyLinear(layer, 4, 100)
-    assert fast.compute.startswith("torch int4") and not fallback.uses_int4_kernel \
-        and not WeightOnlyLinear(layer, 8, 64).uses_int4_kernel
+    assert fast.compute.startswith("torch int4") and not fallback.uses_kernel \
+        and not WeightOnlyLinear(layer, 8, 64).uses_kernel
     x = torch.randn(3, 5, 256)
     expected = nn.functional.linear(x, fast.dequantized_weight(), layer.bias)  # the float product, by hand
     assert _sqnr(expected, fast(x)) > 40  # bfloat16 activations: close, not equal
     for copy_of in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
-        assert copy_of.uses_int4_kernel and torch.equal(copy_of(x), fast(x))
+        assert copy_of.uses_kernel and torch.equal(copy_of(x), fast(x))
     other = WeightOnlyLinear(nn.Linear(256, 96), 4, 64)
     other.load_state_dict(fast.state_dict())
     assert torch.equal(other(x), fast(x))  # the kernel's packed copy follows the loaded weight

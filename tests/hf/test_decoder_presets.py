@@ -7,7 +7,7 @@ import torch
 import fxq
 from fxq.errors import ConfigError
 from fxq.metrics import sqnr_db
-from fxq.nn.quantized import int4_native
+from fxq.nn.quantized import weight_only_kernels
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.embedding import QuantizedEmbedding
 from fxq.nn.quantized.weight_only_linear import WeightOnlyLinear
@@ -29,8 +29,8 @@ def test_a_causal_lm_quantized_by_preset_generates_with_logits_close_to_float(pr
     assert isinstance(quantized.lm_head, linear) and isinstance(quantized.model.embed_tokens, QuantizedEmbedding)
     assert not any(isinstance(module, torch.nn.Linear) for module in quantized.modules())
     if preset == "int4":  # the 300-row LM head fits fxq's kernel (AVX2), not torch's (rows a multiple of 16)
-        assert quantized.model.layers[0].mlp.up_proj.uses_int4_kernel
-        assert quantized.lm_head.uses_int4_kernel == int4_native.available()
+        assert quantized.model.layers[0].mlp.up_proj.uses_kernel
+        assert quantized.lm_head.uses_kernel == weight_only_kernels.available()
     prompt = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert sqnr_db(model(prompt).logits, quantized(prompt).logits) >= min_db  # measured 31.4 and 15.6

@@ -1,16 +1,14 @@
 """Weight-only quantized Linear: int8 or int4 weights with one scale per group of ``group_size`` input columns.
 
-int4 runs on the fastest kernel this machine has: fxq's own (``fxq.nn.quantized.int4_native``: x86 with AVX2,
-groups of 32-256, any output width and any input width that pads to whole 64-input chunks; activations rounded
-to 8 bits per group) or else torch's int4 CPU matmul
-(``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where its shape rules allow (groups of 32-256
-dividing an input width that is a multiple of 128, an output width that is a multiple of the kernel's block).
-On torch's kernel the packed copy is the only copy of the weight in memory, and ``state_dict``, pickling and
-``.weight`` read the 4-bit values back out of it (``fxq.nn.quantized.int4_layout``); fxq's kernel reads the
-module's own 4-bit ``qweight``. ``fxq bench --dynamic`` and ``fxq bench --llm`` time them. The int8 path, and
-int4 where no kernel applies, expand the weight to float per call: they save memory and disk (4x for int8,
-about 7x for int4 with groups of 128), not time (for int8 speed, use dynamic int8:
-``fxq.quantize_dynamic(model, "int8")``).
+Both run on fxq's own kernels where they build (``fxq.nn.quantized.weight_only_kernels``: x86 with AVX2;
+activations rounded to 8 bits per group; int4 groups of 32-256 on inputs that pad to whole chunks of 64, int8
+groups of a multiple of 32), reading the module's own ``qweight``. Elsewhere int4 runs on torch's int4 CPU
+matmul (``aten._weight_int4pack_mm_for_cpu``, bfloat16 activations) where its shape rules allow (groups of
+32-256 dividing an input width that is a multiple of 128, an output width that is a multiple of the kernel's
+block): that kernel's packed copy is then the only copy of the weight in memory, and ``state_dict``, pickling
+and ``.weight`` read the 4-bit values back out of it (``fxq.nn.quantized.int4_layout``). Where no kernel
+applies the weight is expanded to float per call: memory saved, not time. ``fxq bench --dynamic`` and
+``fxq bench --llm`` time them.
 """
 
 from __future__ import annotations
@@ -20,19 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxq.gptq import gptq_levels
-from fxq.nn.quantized import int4_layout, int4_native
+from fxq.nn.quantized import int4_layout, weight_only_kernels
 from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.observers.shrink import shrink_factors
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 kernel takes
-FXQ_KERNEL, TORCH_KERNEL, EXPANDED = "fxq int4 kernel, 8-bit activations per group", \
+FXQ_KERNEL, TORCH_KERNEL, EXPANDED = "fxq int{} kernel, 8-bit activations per group", \
     "torch int4 kernel, bfloat16 activations", "float (weight expanded per call)"
 SHRINK_CANDIDATES, SHRINK_LOWEST = 20, 0.5
 
 
 class WeightOnlyLinear(RebuildsKernelState):
-    """``nn.Linear`` with a symmetric ``bits``-bit weight (8 or 4) and float32 scales per (row, group); int4 on
-    an int4 kernel where one applies (``uses_int4_kernel``, ``compute``)."""
+    """``nn.Linear`` with a symmetric ``bits``-bit weight (8 or 4) and float32 scales per (row, group), on a
+    kernel where one applies (``uses_kernel``, ``compute``)."""
 
     _fxq_leaf = True
     fxq_concept = "linear"
@@ -69,8 +67,8 @@ class WeightOnlyLinear(RebuildsKernelState):
         """Choose the kernel (``compute``). For torch's int4 kernel: its packed weight and (scale, zero) table,
         and ``qweight`` dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
         self._int4_kernel, self.compute = None, EXPANDED
-        if self.bits == 4 and int4_native.applies(self.group_size, self.in_features):
-            self.compute = FXQ_KERNEL
+        if weight_only_kernels.applies(self.bits, self.group_size, self.in_features):
+            self.compute = FXQ_KERNEL.format(self.bits)
             return
         if self.bits != 4 or self.group_size not in INT4_KERNEL_GROUPS or self.in_features % self.group_size \
                 or not int4_layout.fits(self.out_features, self.in_features):
@@ -84,7 +82,8 @@ class WeightOnlyLinear(RebuildsKernelState):
             self.qweight = None
 
     @property
-    def uses_int4_kernel(self) -> bool:
+    def uses_kernel(self) -> bool:
+        """Whether a kernel computes the layer (rather than a float matmul on the weight expanded per call)."""
         return self.compute != EXPANDED
 
     def stored_qweight(self) -> torch.Tensor:
@@ -120,8 +119,9 @@ class WeightOnlyLinear(RebuildsKernelState):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compute == FXQ_KERNEL:
-            y = int4_native.linear(x.float(), self.qweight, self.scale, self.group_size, self.in_features, self.bias)
+        if self.compute == FXQ_KERNEL.format(self.bits):
+            y = weight_only_kernels.linear(self.bits, x.float(), self.qweight, self.scale, self.group_size,
+                                           self.in_features, self.bias)
             return y.to(x.dtype)
         if self.compute == EXPANDED:
             bias = None if self.bias is None else self.bias.to(x.dtype)

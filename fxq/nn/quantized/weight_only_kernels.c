@@ -1,11 +1,12 @@
-/* fxq's int4 weight-only matmul for x86-64 CPUs with AVX2 (see int4_native.py for why it exists).
+/* fxq's int4 and int8 weight-only matmuls for x86-64 CPUs with AVX2 (see weight_only_kernels.py for why they
+   exist). Both round each activation row to int8 with one scale per weight group (symmetric, levels
+   -127..127) and sum products in integers.
 
-   Weight: `w` [N, Kp / 2] bytes, two 4-bit levels per byte (element 2j in the low nibble, 2j + 1 in the high
+   int4. Weight: `w` [N, Kp / 2] bytes, two 4-bit levels per byte (element 2j in the low nibble, 2j + 1 in the high
    one), each level stored with an offset of 8; `wscale` [N, Kp / G] float32, one scale per row and group of G
    inputs. Kp is the input width padded to a multiple of G; the padding levels are 0 (stored as 8).
 
-   Each activation row is quantized to int8 with one scale per group (symmetric, levels -127..127), laid out in
-   chunks of 64 (Kp is a multiple of 64) to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
+   The int8 activation levels are laid out in chunks of 64 (Kp is a multiple of 64) to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
    chunk in its low nibbles and the 32 odd ones in its high nibbles, so the row's chunk holds its even elements
    first. Products of unsigned levels (0..15) and int8 activations are summed in 16 bits (maddubs: at most
    2 * 15 * 127 per lane and pair, 8 pairs for a group of 256: 30480, no overflow), then in float per group;
@@ -21,7 +22,9 @@
 #define TILE 4     /* weight rows computed together, sharing each activation load */
 #define MBLOCK 32  /* activation rows walked per pass over the weight, so they stay in cache */
 
-static void quantize_row(const float* x, int64_t K, int64_t Kp, int64_t G, int8_t* q, float* scale,
+/* One activation row's int8 levels, per-group steps and (for int4) 8 x the sum of each group's levels; int4
+   interleaves each chunk of 64 as its nibbles are (even elements first), int8 keeps the natural order. */
+static void quantize_row(int interleave, const float* x, int64_t K, int64_t Kp, int64_t G, int8_t* q, float* scale,
                          float* offset) {
     for (int64_t g = 0; g < Kp / G; g++) {
         float amax = 0.f;
@@ -31,7 +34,7 @@ static void quantize_row(const float* x, int64_t K, int64_t Kp, int64_t G, int8_
         for (int64_t k = g * G; k < (g + 1) * G; k++) {
             int32_t level = k < K ? (int32_t)lrintf(x[k] * inv) : 0;
             int64_t j = k % CHUNK;
-            q[k - j + (j & 1) * (CHUNK / 2) + j / 2] = (int8_t)level;
+            q[interleave ? k - j + (j & 1) * (CHUNK / 2) + j / 2 : k] = (int8_t)level;
             sum += level;
         }
         scale[g] = amax / 127.f;
@@ -54,8 +57,9 @@ static inline __m256i chunk_products(const uint8_t* bytes, __m256i even, __m256i
     return _mm256_add_epi16(_mm256_maddubs_epi16(low, even), _mm256_maddubs_epi16(high, odd));
 }
 
-static void tile_rows(const int8_t* xq, const float* xscale, const float* xoffset, const uint8_t* w,
+static void tile_rows(const int8_t* xq, const float* xscale, const float* xoffset, const void* weight,
                       const float* wscale, int64_t n0, int64_t rows, int64_t Kp, int64_t G, float* out) {
+    const uint8_t* w = weight;
     const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const int64_t groups = Kp / G, chunks = G / CHUNK;
     const uint8_t* row[TILE];
@@ -87,8 +91,10 @@ static void tile_rows(const int8_t* xq, const float* xscale, const float* xoffse
 }
 
 /* Groups of 32: each chunk holds two groups, whose products land in the low and high 128 bits of the sums. */
-static void tile_rows_32(const int8_t* xq, const float* xscale, const float* xoffset, const uint8_t* w,
-                         const float* wscale, int64_t n0, int64_t rows, int64_t Kp, float* out) {
+static void tile_rows_32(const int8_t* xq, const float* xscale, const float* xoffset, const void* weight,
+                         const float* wscale, int64_t n0, int64_t rows, int64_t Kp, int64_t G, float* out) {
+    const uint8_t* w = weight;
+    (void)G;
     const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const int64_t groups = Kp / 32;
     const uint8_t* row[TILE];
@@ -114,10 +120,49 @@ static void tile_rows_32(const int8_t* xq, const float* xscale, const float* xof
     for (int r = 0; r < rows; r++) out[r] = horizontal_sum(acc[r]) - offset[r];
 }
 
-/* y [M, N] = x [M, K] @ dequantized(w)^T (+ bias). Returns 0, or -1 where memory could not be allocated. */
-int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const float* wscale, int64_t N,
-                    int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
+/* int8. Weight: `w` [N, Kp] levels -128..127, `wscale` as for int4; Kp a multiple of 32. Products are summed by
+   maddubs on |w| and the activation levels carrying w's sign (pair sums at most 2 * 128 * 127, no overflow),
+   widened to 32 bits per 32 inputs. */
+static void tile_rows_int8(const int8_t* xq, const float* xscale, const float* xoffset, const void* weight,
+                           const float* wscale, int64_t n0, int64_t rows, int64_t Kp, int64_t G, float* out) {
+    const int8_t* w = weight;
+    (void)xoffset;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t groups = Kp / G;
+    const int8_t* row[TILE];
+    const float* rscale[TILE];
+    for (int r = 0; r < TILE; r++) {
+        row[r] = w + (n0 + (r < rows ? r : 0)) * Kp;
+        rscale[r] = wscale + (n0 + (r < rows ? r : 0)) * groups;
+    }
+    __m256 acc[TILE];
+    for (int r = 0; r < TILE; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m256i dot[TILE];
+        for (int r = 0; r < TILE; r++) dot[r] = _mm256_setzero_si256();
+        for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+            __m256i activations = _mm256_load_si256((const __m256i*)(xq + k));
+            for (int r = 0; r < TILE; r++) {
+                __m256i weights = _mm256_loadu_si256((const __m256i*)(row[r] + k));
+                __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(weights), _mm256_sign_epi8(activations, weights));
+                dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        for (int r = 0; r < TILE; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(rscale[r][g] * xscale[g]), acc[r]);
+    }
+    for (int r = 0; r < rows; r++) out[r] = horizontal_sum(acc[r]);
+}
+
+typedef void (*tile_fn)(const int8_t*, const float*, const float*, const void*, const float*, int64_t, int64_t,
+                        int64_t, int64_t, float*);
+
+/* y [M, N] = x [M, K] @ dequantized(w)^T (+ bias) for `bits`-bit weights. Returns 0, or -1 where memory could
+   not be allocated. */
+static int weight_only_linear(int bits, const float* x, int64_t M, int64_t K, const void* w, const float* wscale,
+                              int64_t N, int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
     const int64_t groups = Kp / G, tiles = (N + TILE - 1) / TILE;
+    const tile_fn tile = bits == 8 ? tile_rows_int8 : G == 32 ? tile_rows_32 : tile_rows;
     int8_t* xq = aligned_alloc(64, (size_t)((M * Kp + 63) / 64 * 64));
     float* xscale = malloc(sizeof(float) * (size_t)(M * groups));
     float* xoffset = malloc(sizeof(float) * (size_t)(M * groups));
@@ -129,7 +174,7 @@ int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
     {
         #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++)
-            quantize_row(x + m * K, K, Kp, G, xq + m * Kp, xscale + m * groups, xoffset + m * groups);
+            quantize_row(bits == 4, x + m * K, K, Kp, G, xq + m * Kp, xscale + m * groups, xoffset + m * groups);
         for (int64_t m0 = 0; m0 < M; m0 += MBLOCK) {
             const int64_t m1 = m0 + MBLOCK < M ? m0 + MBLOCK : M;
             #pragma omp for schedule(static)
@@ -137,12 +182,7 @@ int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
                 const int64_t n0 = t * TILE, rows = N - n0 < TILE ? N - n0 : TILE;
                 for (int64_t m = m0; m < m1; m++) {
                     float* out = y + m * N + n0;
-                    if (G == 32)
-                        tile_rows_32(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows,
-                                     Kp, out);
-                    else
-                        tile_rows(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows, Kp,
-                                  G, out);
+                    tile(xq + m * Kp, xscale + m * groups, xoffset + m * groups, w, wscale, n0, rows, Kp, G, out);
                     if (bias)
                         for (int64_t r = 0; r < rows; r++) out[r] += bias[n0 + r];
                 }
@@ -151,6 +191,16 @@ int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
     }
     free(xq); free(xscale); free(xoffset);
     return 0;
+}
+
+int fxq_int4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const float* wscale, int64_t N,
+                    int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
+    return weight_only_linear(4, x, M, K, w, wscale, N, Kp, G, bias, y, threads);
+}
+
+int fxq_int8_linear(const float* x, int64_t M, int64_t K, const int8_t* w, const float* wscale, int64_t N,
+                    int64_t Kp, int64_t G, const float* bias, float* y, int threads) {
+    return weight_only_linear(8, x, M, K, w, wscale, N, Kp, G, bias, y, threads);
 }
 
 /* out [N, K] = the float32 weight: for many activation rows, a float matmul on it is faster. */
