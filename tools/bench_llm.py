@@ -5,8 +5,9 @@ The model: transformers' ``LlamaForCausalLM`` with random weights (hidden 2048, 
 heads, MLP 5632, vocabulary 32k: TinyLlama's shape, fewer layers), fp32, batch 1. Each variant greedily decodes
 64 new tokens after a 32-token prompt with ``model.generate`` (its cache on), rounds interleaved across
 variants, median reported. fxq: ``fxq.quantize_dynamic(model, "int8")`` (fbgemm's dynamic int8 Linears, 8-bit
-embeddings) and ``"int4"`` (group-128 4-bit Linears on fxq's int4 kernel, 8-bit embeddings), and where fxq's
-kernel is built, the same int4 model on torch's int4 kernel for comparison; the LM head is a Linear and is
+embeddings), int8 weight-only Linears (groups of 128, fxq's int8 kernel; the accuracy side of the int8
+choice), ``"int4"`` (group-128 4-bit Linears on fxq's int4 kernel, 8-bit embeddings), and where fxq's kernels
+are built, the same int4 model on torch's int4 kernel for comparison; the LM head is a Linear and is
 quantized in all. torchao (where installed; ``pip install torchao``), run eagerly as fxq is:
 ``Int8WeightOnlyConfig``, ``Int8DynamicActivationInt8WeightConfig`` and, for int4 on CPU,
 ``PrototypeInt4WeightOnlyConfig(group_size=128)``; these quantize the Linears (the LM head included), not the
@@ -83,6 +84,8 @@ def run_llm_bench(threads: int = 2, rounds: int = 3, layers: int = SHAPE["num_hi
 
 def _builders() -> dict[str, Callable[[nn.Module], nn.Module]]:
     builders = {"fxq int8": lambda m: fxq.quantize_dynamic(m, "int8"),
+                "fxq int8 weight-only (group 128)": lambda m: fxq.quantize_dynamic(
+                    m, {nn.Linear: fxq.WeightOnly(8, 128), nn.Embedding: fxq.WeightOnly(8)}),
                 "fxq int4 (group 128)": lambda m: fxq.quantize_dynamic(m, "int4")}
     if weight_only_kernels.available():
         builders["fxq int4, torch's kernel"] = lambda m: on_torch_int4_kernel(lambda: fxq.quantize_dynamic(m, "int4"))

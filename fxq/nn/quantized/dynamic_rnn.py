@@ -106,8 +106,6 @@ class DynamicRNN(RebuildsKernelState):
                 f"bidirectional={self.bidirectional}, batch_first={self.batch_first}, weights=qint8 per-channel, "
                 "activations=dynamic")
 
-
-    @torch.jit.unused
     def _packed_states(self, x: PackedSequence, states: list[torch.Tensor] | None, count: int) -> list[torch.Tensor]:
         """The ``count`` initial states for packed input ``x``: zeros, or the given ones in ``x``'s sorted batch
         order."""

@@ -1,17 +1,18 @@
 /* fxq's int4 and int8 weight-only matmuls for x86-64 CPUs with AVX2 (see weight_only_kernels.py for why they
    exist). Both round each activation row to int8 with one scale per weight group (symmetric, levels
-   -127..127) and sum products in integers.
+   -127..127) and sum products in integers; `wscale` [N, Kp / G] float32 holds one scale per weight row and
+   group of G inputs, and Kp is the input width padded to a multiple of G with zero levels.
 
-   int4. Weight: `w` [N, Kp / 2] bytes, two 4-bit levels per byte (element 2j in the low nibble, 2j + 1 in the high
-   one), each level stored with an offset of 8; `wscale` [N, Kp / G] float32, one scale per row and group of G
-   inputs. Kp is the input width padded to a multiple of G; the padding levels are 0 (stored as 8).
+   int4: `w` [N, Kp / 2] bytes, two 4-bit levels per byte (element 2j in the low nibble, 2j + 1 in the high one),
+   each stored with an offset of 8. The activation levels are laid out in chunks of 64 (Kp is a multiple of 64)
+   to match: a 32-byte load of weight bytes gives a chunk's 32 even elements in its low nibbles and its 32 odd
+   ones in its high nibbles, so the activation chunk holds its even elements first. Products of unsigned levels
+   (0..15) and activation levels are summed in 16 bits (maddubs: at most 2 * 15 * 127 per lane and pair, 8 pairs
+   for a group of 256: 30480, no overflow), then in float per group; the weights' offset is removed per group
+   with the sum of the activation levels. Groups of 32 share a chunk two by two and are scaled per chunk
+   (`tile_rows_32`).
 
-   The int8 activation levels are laid out in chunks of 64 (Kp is a multiple of 64) to match the weight's nibbles: a 32-byte load of weight bytes gives the 32 even elements of a
-   chunk in its low nibbles and the 32 odd ones in its high nibbles, so the row's chunk holds its even elements
-   first. Products of unsigned levels (0..15) and int8 activations are summed in 16 bits (maddubs: at most
-   2 * 15 * 127 per lane and pair, 8 pairs for a group of 256: 30480, no overflow), then in float per group;
-   the levels' offset is removed per group with the sum of the activation levels. Groups of 32 share a chunk
-   two by two: their sums are scaled per chunk instead (``tile_rows_32``). */
+   int8: `w` [N, Kp] levels -128..127, activations in natural order (`tile_rows_int8`). */
 
 #include <immintrin.h>
 #include <math.h>
@@ -144,7 +145,8 @@ static void tile_rows_int8(const int8_t* xq, const float* xscale, const float* x
             __m256i activations = _mm256_load_si256((const __m256i*)(xq + k));
             for (int r = 0; r < TILE; r++) {
                 __m256i weights = _mm256_loadu_si256((const __m256i*)(row[r] + k));
-                __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(weights), _mm256_sign_epi8(activations, weights));
+                __m256i signed_activations = _mm256_sign_epi8(activations, weights);
+                __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(weights), signed_activations);
                 dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(pairs, ones));
             }
         }
