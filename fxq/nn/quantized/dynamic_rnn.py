@@ -17,19 +17,16 @@ from fxq.nn.quantized.weight_state import KEYS, from_state, to_state
 
 
 class PackedCell(nn.Module):
-    """One layer and direction's prepacked input and hidden weights. Calling it makes the recurrent kernel's cell
-    parameters (a cheap wrapper): a list of those cannot be frozen by TorchScript, these modules can."""
+    """One layer and direction's recurrent kernel parameters (its prepacked input and hidden weights), built once,
+    in a module of its own: TorchScript freezes such an attribute of a module, but not a list of them."""
 
     def __init__(self, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor,
                  bias_hh: torch.Tensor) -> None:
         super().__init__()
-        self.packed_ih = torch.ops.quantized.linear_prepack(weight_ih, bias_ih)
-        self.packed_hh = torch.ops.quantized.linear_prepack(weight_hh, bias_hh)
-        self.bias_ih, self.bias_hh = bias_ih, bias_hh
-
-    def forward(self):
-        return torch.ops.quantized.make_quantized_cell_params_dynamic(self.packed_ih, self.packed_hh, self.bias_ih,
-                                                                      self.bias_hh, False)
+        packed_ih = torch.ops.quantized.linear_prepack(weight_ih, bias_ih)
+        packed_hh = torch.ops.quantized.linear_prepack(weight_hh, bias_hh)
+        self.params = torch.ops.quantized.make_quantized_cell_params_dynamic(packed_ih, packed_hh, bias_ih, bias_hh,
+                                                                             False)
 
 
 class DynamicRNN(RebuildsKernelState):
@@ -130,7 +127,7 @@ class DynamicLSTM(DynamicRNN):
             return self._forward_packed(x, hx)
         if hx is None:
             hx = (self._initial_hidden(x), self._initial_hidden(x))
-        params = [cell() for cell in self.cells]
+        params = [cell.params for cell in self.cells]
         output, h, c = torch.quantized_lstm(x, list(hx), params, self.has_biases, self.num_layers, 0.0, False,
                                             self.bidirectional, self.batch_first, dtype=torch.qint8,
                                             use_dynamic=True)
@@ -139,7 +136,7 @@ class DynamicLSTM(DynamicRNN):
     @torch.jit.unused
     def _forward_packed(self, x: PackedSequence, hx):
         states = self._packed_states(x, None if hx is None else list(hx), 2)
-        output, h, c = torch.quantized_lstm(x.data, x.batch_sizes, states, [cell() for cell in self.cells],
+        output, h, c = torch.quantized_lstm(x.data, x.batch_sizes, states, [cell.params for cell in self.cells],
                                             self.has_biases, self.num_layers, 0.0, False, self.bidirectional,
                                             dtype=torch.qint8, use_dynamic=True)
         h, c = self._unsorted(x, [h, c])
@@ -156,14 +153,14 @@ class DynamicGRU(DynamicRNN):
             return self._forward_packed(x, hx)
         if hx is None:
             hx = self._initial_hidden(x)
-        params = [cell() for cell in self.cells]
+        params = [cell.params for cell in self.cells]
         return torch.quantized_gru(x, hx, params, self.has_biases, self.num_layers, 0.0, False,
                                    self.bidirectional, self.batch_first)
 
     @torch.jit.unused
     def _forward_packed(self, x: PackedSequence, hx):
         (state,) = self._packed_states(x, None if hx is None else [hx], 1)
-        output, h = torch.quantized_gru(x.data, x.batch_sizes, state, [cell() for cell in self.cells],
+        output, h = torch.quantized_gru(x.data, x.batch_sizes, state, [cell.params for cell in self.cells],
                                         self.has_biases, self.num_layers, 0.0, False, self.bidirectional)
         (h,) = self._unsorted(x, [h])
         return PackedSequence(output, x.batch_sizes, x.sorted_indices, x.unsorted_indices), h

@@ -23,8 +23,8 @@ from fxq.nn.quantized.kernel_state import RebuildsKernelState
 from fxq.observers.shrink import shrink_factors
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 kernel takes
-FXQ_KERNEL, TORCH_KERNEL, EXPANDED = "fxq int{} kernel, 8-bit activations per group", \
-    "torch int4 kernel, bfloat16 activations", "float (weight expanded per call)"
+FXQ_KERNELS = {bits: f"fxq int{bits} kernel, 8-bit activations per group" for bits in (4, 8)}
+TORCH_KERNEL, EXPANDED = "torch int4 kernel, bfloat16 activations", "float (weight expanded per call)"
 SHRINK_CANDIDATES, SHRINK_LOWEST = 20, 0.5
 
 
@@ -68,13 +68,13 @@ class WeightOnlyLinear(RebuildsKernelState):
         and ``qweight`` dropped from memory where the packed form can be read back (``int4_layout.readable``)."""
         self._int4_kernel, self.compute = None, EXPANDED
         if weight_only_kernels.applies(self.bits, self.group_size, self.in_features):
-            self.compute = FXQ_KERNEL.format(self.bits)
+            self.compute = FXQ_KERNELS[self.bits]
             return
         if self.bits != 4 or self.group_size not in INT4_KERNEL_GROUPS or self.in_features % self.group_size \
                 or not int4_layout.fits(self.out_features, self.in_features):
             return
         self.compute = TORCH_KERNEL
-        levels = (_unpack_int4(self.qweight)[:, : self.in_features].to(torch.int32) + 8).contiguous()
+        levels = (weight_only_kernels.levels(4, self.qweight)[:, : self.in_features].to(torch.int32) + 8).contiguous()
         scales = self.scale.t().to(torch.bfloat16)
         table = torch.stack([scales, torch.zeros_like(scales)], dim=2).contiguous()  # [groups, out, (scale, zero)]
         self._int4_kernel = (int4_layout.pack(levels), table)
@@ -108,9 +108,8 @@ class WeightOnlyLinear(RebuildsKernelState):
         self._repack()  # the kernel's copy of the weight follows the loaded one
 
     def dequantized_weight(self) -> torch.Tensor:
-        values = _unpack_int4(self.stored_qweight()) if self.bits == 4 else self.qweight
-        grouped = values.float().reshape(self.out_features, -1, self.group_size) * self.scale.unsqueeze(2)
-        return grouped.reshape(self.out_features, -1)[:, : self.in_features]
+        return weight_only_kernels.expand(self.bits, self.stored_qweight(), self.scale, self.group_size,
+                                          self.in_features)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -119,7 +118,7 @@ class WeightOnlyLinear(RebuildsKernelState):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compute == FXQ_KERNEL.format(self.bits):
+        if self.compute == FXQ_KERNELS[self.bits]:
             y = weight_only_kernels.linear(self.bits, x.float(), self.qweight, self.scale, self.group_size,
                                            self.in_features, self.bias)
             return y.to(x.dtype)
@@ -159,8 +158,3 @@ def _pack_int4(values: torch.Tensor) -> torch.Tensor:
     """Two int4 values per byte (low nibble first), each stored with an offset of 8."""
     nibbles = (values + 8).to(torch.uint8)
     return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
-
-
-def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    low, high = (packed & 0x0F).to(torch.int8) - 8, (packed >> 4).to(torch.int8) - 8
-    return torch.stack([low, high], dim=2).reshape(packed.shape[0], -1)
