@@ -70,6 +70,12 @@ def is_float_tensor(value: object) -> bool:
     return isinstance(meta, TensorInfo) and meta.dtype.is_floating_point
 
 
+def is_empty_tensor(value: object) -> bool:
+    """True if ``value`` is a node whose recorded tensor had no elements (a slice past the end)."""
+    meta = value.meta.get(VALUE_KEY) if isinstance(value, Node) else None
+    return isinstance(meta, TensorInfo) and 0 in meta.shape
+
+
 def holds_extremes(value: object) -> bool:
     """True if ``value`` is a node whose recorded tensor held values of magnitude >= EXTREME (or Inf/NaN)."""
     meta = value.meta.get(VALUE_KEY) if isinstance(value, Node) else None

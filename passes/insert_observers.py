@@ -23,6 +23,7 @@ from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import Observation, OpSupport, get_backend
 from fxq.dynamic import constant_linear_args
 from fxq.graph_pass import GraphPass, PassContext
+from fxq.index_arithmetic import index_arithmetic
 from fxq.observers import Observer
 from fxq.pass_registry import register_pass
 from fxq.rewriter import Rewriter
@@ -32,6 +33,7 @@ from fxq.shapes import (
     float_tensors_in,
     holds_extremes,
     holds_float_tensor,
+    is_empty_tensor,
     is_float_tensor,
     propagate,
 )
@@ -66,6 +68,7 @@ class _Placement:
 
     def run(self) -> None:
         self.masks = mask_carriers(self.gm)
+        self.indices = index_arithmetic(self.gm, self._weighted)
         for node in list(self.gm.graph.nodes):
             if node.op in _OPS and node not in self.quantized:
                 self._place(node)
@@ -78,10 +81,9 @@ class _Placement:
         if record.qconfig.is_dynamic:
             self._dynamic(node)
             return
-        if node in self.masks or any(arg in self.masks for arg in node.all_input_nodes):
-            leave_float(node, f"it carries values of magnitude >= {EXTREME:g} (an additive mask built from a huge "
-                              "constant such as finfo.min?): an int8 range covering them would leave every other "
-                              "value in one step")
+        reason = self._not_an_activation(node)
+        if reason is not None:
+            leave_float(node, reason)
             return
         support = self.backend.support(record.concept)
         if support is None:
@@ -104,6 +106,23 @@ class _Placement:
             return
         self._observe_output(node, self._add_observer(node, record.qconfig.activation()))
 
+    def _not_an_activation(self, node: Node) -> str | None:
+        """Why ``node`` computes values that int8 must not round (masks, indices) or has none, if it does."""
+        if node in self.masks or any(arg in self.masks for arg in node.all_input_nodes):
+            return (f"it carries values of magnitude >= {EXTREME:g} (an additive mask built from a huge constant such "
+                    "as finfo.min?): an int8 range covering them would leave every other value in one step")
+        if node in self.indices:
+            return ("its values become integers (a cast such as .long() reads them: positions or indices computed "
+                    "in float), which int8 rounding would shift by one")
+        if any(is_empty_tensor(value) for value in (node, *node.all_input_nodes)):
+            return ("it reads or makes a tensor with no elements (a slice past the end, such as the unrotated part "
+                    "of a fully rotary attention): there are no values to observe")
+        return None
+
+    def _weighted(self, node: Node) -> bool:
+        support = self.backend.support(info(node).concept)
+        return support is not None and support.weighted
+
     def _read_as_int8(self, node: Node) -> bool:
         """Whether some reader of ``node``'s output will take it quantized: an op with its own quantized form, or a
         shared one (reshape, maxpool...) whose output is read quantized in turn. Readers come later in the walk,
@@ -114,7 +133,8 @@ class _Placement:
 
     def _reads_int8(self, reader: Node) -> bool:
         record = info(reader)
-        if reader.op not in _OPS or record.qconfig is None or record.qconfig.is_dynamic or reader in self.masks:
+        if reader.op not in _OPS or record.qconfig is None or record.qconfig.is_dynamic \
+                or self._not_an_activation(reader) is not None:
             return False
         support = self.backend.support(record.concept)
         if support is None:

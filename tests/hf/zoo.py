@@ -1,4 +1,4 @@
-"""Tiny random-init configurations of fourteen Hugging Face families (encoders, decoders, an encoder-decoder's
+"""Tiny random-init configurations of sixteen Hugging Face families (encoders, decoders, an encoder-decoder's
 encoder, vision), each with an input maker: what the zoo tests run through every quantization path."""
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def _configs() -> dict:
         "qwen2": (t.Qwen2Model, t.Qwen2Config(**_DECODER)),
         "mistral": (t.MistralModel, t.MistralConfig(**_DECODER)),
         "phi": (t.PhiModel, t.PhiConfig(vocab_size=VOCAB, **_TEXT)),
+        "phi3": (t.Phi3Model, t.Phi3Config(pad_token_id=0, **_DECODER)),  # fully rotary: an empty unrotated part
+        "opt": (t.OPTModel, t.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                        num_attention_heads=4, word_embed_proj_dim=64)),  # float position arithmetic
         "gpt2": (t.GPT2Model, t.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                            bos_token_id=0, eos_token_id=0)),
         "vit": (t.ViTModel, t.ViTConfig(image_size=32, patch_size=8, **_TEXT)),

@@ -1,3 +1,5 @@
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -196,3 +198,72 @@ def test_average_pool_is_observed_both_ways_for_lower_to_choose():
                              "flatten", "obs:obs_adaptive_avg_pool2d"]
     pool = next(n for n in gm.graph.nodes if n.name == "adaptive_avg_pool2d")
     assert info(pool).observers == {"input0": "obs_sigmoid", "output": "obs_adaptive_avg_pool2d"}  # ...and its input's
+
+
+class Positions(nn.Module):
+    """Position ids computed in float from a mask and cast (as OPT does), next to an activation path."""
+
+    def __init__(self):
+        super().__init__()
+        self.positions = nn.Embedding(40, 8)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        ids = (torch.cumsum(mask, dim=1) * mask - 1).long() + 1
+        return self.fc(x * 2.0 + self.positions(ids))
+
+
+def test_arithmetic_that_becomes_integers_stays_float_and_activations_do_not():
+    mask = torch.ones(2, 33)
+    mask[1, 30:] = 0
+    gm = _observed(Positions(), torch.randn(2, 33, 8), mask)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    index_math = [n for n in by_name.values() if n.op == "call_function" and n.target is operator.mul
+                  and "mask" in [getattr(a, "name", None) for a in n.args]]
+    assert len(index_math) == 1
+    assert "become integers" in info(index_math[0]).float_reason
+    assert not any(user.op == "call_module" and user.target.startswith("obs") for user in index_math[0].users)
+    scaled = next(n for n in by_name.values() if n.target is operator.mul and n not in index_math)
+    assert info(scaled).float_reason is None  # x * 2.0 is an activation: observed as usual
+    assert any(user.op == "call_module" and user.target.startswith("obs") for user in scaled.users)
+
+
+def test_positions_computed_in_float_survive_quantization_exactly():
+    import fxq
+    model = Positions().eval()
+    mask = torch.ones(2, 33)
+    mask[1, 30:] = 0
+    batches = [(torch.randn(2, 33, 8), mask) for _ in range(4)]
+    quantized = fxq.quantize(model, batches[0], batches, runtime="graph")  # the graph runs its modules' hooks
+    ids = []
+    hook = quantized.get_submodule("positions").register_forward_hook(lambda m, args, out: ids.append(args[0]))
+    quantized(*batches[0])
+    hook.remove()
+    expected = (torch.cumsum(mask, dim=1) * mask - 1).long() + 1
+    assert torch.equal(ids[0], expected)  # a 16-level int8 step of 0.13 over 0..32 would have moved some by one
+
+
+class PartialSlice(nn.Module):
+    """Splits the last dimension at its end, leaving an empty part (fully rotary attention's unrotated half)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        rotated, rest = y[..., :8], y[..., 8:]
+        return torch.cat([torch.relu(rotated), rest], dim=-1)
+
+
+def test_empty_tensors_are_left_float_with_a_reason_and_calibration_succeeds():
+    import fxq
+    torch.manual_seed(0)
+    model = PartialSlice().eval()
+    batches = [(torch.randn(64, 8),) for _ in range(4)]
+    quantized = fxq.quantize(model, batches[0], batches)
+    reasons = [record.float_reason for record in (info(n) for n in quantized.graph.nodes) if record.float_reason]
+    assert any("no elements" in reason for reason in reasons)
+    assert fxq.report_of(quantized).quantized
+    with torch.no_grad():
+        assert fxq.metrics.sqnr_db(model(*batches[1]), quantized(*batches[1])) >= 25  # the fc and relu in int8
