@@ -10,6 +10,7 @@ from torch import nn
 
 _PREPACK = {8: "embedding_bag_byte_prepack", 4: "embedding_bag_4bit_prepack"}
 _LOOKUP = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets"}
+_UNPACK = {8: "embedding_bag_byte_unpack", 4: "embedding_bag_4bit_unpack"}
 
 
 class QuantizedEmbedding(nn.Module):
@@ -34,9 +35,16 @@ class QuantizedEmbedding(nn.Module):
             raise ValueError("embeddings with max_norm renormalise rows on lookup; quantized tables cannot")
         self.bits, self.num_embeddings, self.embedding_dim = bits, embedding.num_embeddings, embedding.embedding_dim
         self.include_last_offset = bool(getattr(embedding, "include_last_offset", False))
+        self.padding_idx = embedding.padding_idx
         table = embedding.weight.detach().float().contiguous()
         self.register_buffer("packed", getattr(torch.ops.quantized, _PREPACK[bits])(table))
         self.fxq_concept = "embedding_bag" if self.bag else "embedding"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float32 table, dequantized on each access: for model code that reads ``.weight`` (CLIP's text
+        model takes its position count from ``position_embedding.weight.shape``)."""
+        return getattr(torch.ops.quantized, _UNPACK[self.bits])(self.packed)
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
