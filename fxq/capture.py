@@ -146,7 +146,10 @@ def _take_positional(gm: GraphModule, args: tuple, user_kwargs: dict, fixed: dic
 
 def _export_batch_free(model: nn.Module, args: tuple, kwargs: dict):
     """Export with every dimension of every tensor input dynamic: a model exported for batch 8 x 64 tokens must
-    still take batch 3 x 40 (export keeps a dimension static only where the model's code requires it).
+    still take batch 3 x 40 (export keeps a dimension static only where the model's code requires it). Images
+    (float inputs of 4 or more dimensions) keep their size and take any batch: a vision model serves the resolution
+    it was built for, and symbolic heights and widths made exporting a windowed one (a tiny Swin) take 150 s
+    instead of 3 s and put ``sym_min`` in its graph, which TorchScript cannot run.
 
     Export fixes any dimension of size 1, so a batch-1 example (the usual latency setting) would give a model
     that refuses every other batch: such inputs are exported repeated to batch 2 (the program still takes
@@ -170,7 +173,10 @@ def _batch_of_two(value):
 
 def _export_dynamic(model: nn.Module, args: tuple, kwargs: dict):
     def dims(value):
-        return {dim: torch.export.Dim.AUTO for dim in range(value.dim())} if isinstance(value, torch.Tensor) else None
+        if not isinstance(value, torch.Tensor):
+            return None
+        image = value.is_floating_point() and value.dim() >= 4
+        return {dim: torch.export.Dim.AUTO for dim in range(1 if image else value.dim())}
 
     if not kwargs:
         return torch.export.export(model, args, dynamic_shapes=tuple(dims(value) for value in args), strict=False)

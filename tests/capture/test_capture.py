@@ -156,3 +156,18 @@ class _NeedsBatchOne(nn.Module):
 def test_a_model_that_needs_batch_1_is_exported_as_given():
     captured = fxq.capture.capture(_NeedsBatchOne(), (torch.randn(1, 8),), "export")
     assert torch.equal(captured.graph_module(torch.ones(1, 8)), torch.full((8,), 2.0))
+
+
+def test_images_are_exported_at_their_size_for_any_batch():
+    """Heights and widths stay as given (symbolic ones made a tiny Swin's export take minutes); the batch and the
+    dimensions of other inputs stay free."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1)).eval()
+    captured = fxq.capture.capture(model, (torch.randn(1, 3, 16, 16),), "export")
+    image = next(n for n in captured.graph_module.graph.nodes if n.op == "placeholder").meta["val"]
+    assert type(image.shape[0]) is torch.SymInt and all(type(size) is int for size in image.shape[1:])
+    x = torch.randn(5, 3, 16, 16)
+    assert torch.allclose(captured.graph_module(x), model(x), atol=1e-6)
+    tokens = fxq.capture.capture(nn.Embedding(10, 4), (torch.randint(0, 10, (2, 7)),), "export")
+    ids = next(n for n in tokens.graph_module.graph.nodes if n.op == "placeholder" and n.name != "weight")
+    assert all(type(size) is torch.SymInt for size in ids.meta["val"].shape)
