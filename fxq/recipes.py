@@ -15,11 +15,16 @@ from dataclasses import dataclass, replace
 
 from torch.fx import GraphModule
 
+from fxq.annotation import info
 from fxq.errors import ConfigError
 from fxq.ops import concept_of
 from fxq.plugins import load_group
+from fxq.rms_norm_scope import is_rms_norm
 
 RECIPE_KEY = "fxq_recipe"
+# Not an op concept: what ``float_reason`` reads for every op inside an RMS norm module (``fxq.rms_norm_scope``),
+# which graphs spell as pow, mean, rsqrt and mul.
+RMS_NORM = "rms_norm"
 _CORRECTIONS = frozenset({"record-input-statistics", "bias-correction", "smooth"})
 
 
@@ -40,9 +45,13 @@ class Recipe:
     prepare_passes: tuple[str, ...] = ()
     convert_passes: tuple[str, ...] = ()
 
-    def float_reason(self, concept: str | None) -> str | None:
-        """Why this recipe keeps ``concept`` float, or None if it does not."""
-        return dict(self.float_concepts).get(concept)
+    def float_reason(self, concept: str | None, module_type: type | None = None) -> str | None:
+        """Why this recipe keeps an op of ``concept`` float (``module_type``: the module the op came from; every
+        op of an RMS norm counts as ``RMS_NORM``), or None if it does not."""
+        reasons = dict(self.float_concepts)
+        if is_rms_norm(module_type) and RMS_NORM in reasons:
+            return reasons[RMS_NORM]
+        return reasons.get(concept)
 
     def for_training(self) -> Recipe:
         """This recipe for quantization-aware training: the same float decisions and graph passes, without the
@@ -57,7 +66,7 @@ _RESIDUAL = ("a transformer's residual stream carries a few outlier channels 10-
              "and layer norms int8, 0.992 with them float)")
 
 TRANSFORMER = Recipe("transformer", float_concepts=(("add", _RESIDUAL), ("add_relu", _RESIDUAL),
-                                                    ("layer_norm", _RESIDUAL)),
+                                                    ("layer_norm", _RESIDUAL), (RMS_NORM, _RESIDUAL)),
                      prepare_passes=("mask-padding",))
 # Bias correction: each conv/linear's mean output error from weight rounding, (W_q - W) E[x], measured on the
 # calibration data and taken out of its bias (x86 SQNR: ResNet-18 38.1 -> 43.7 dB, MobileNetV2 39.9 -> 44.8).
@@ -97,7 +106,8 @@ def choose_recipe(gm: GraphModule, requested: str | Recipe) -> tuple[Recipe, str
     modules = dict(gm.named_modules())
     counts = Counter(concept_of(node, modules) for node in gm.graph.nodes if node.op not in ("placeholder", "output"))
     attention = counts["attention"] + min(counts["softmax"], counts["matmul"])
-    norms = counts["layer_norm"]
+    rms_norms = {info(node).module_path for node in gm.graph.nodes if is_rms_norm(info(node).module_type)}
+    norms = counts["layer_norm"] + len(rms_norms)
     convs = sum(counts[name] for name in ("conv1d", "conv2d", "conv3d"))
     if attention and norms:
         return TRANSFORMER, f"{attention} attention op(s) and {norms} layer norm(s)"

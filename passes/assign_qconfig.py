@@ -19,6 +19,7 @@ from fxq.graph_pass import GraphPass, PassContext
 from fxq.nn.fused import FusedModule
 from fxq.ops import aten_name, concept_of_key, key_of
 from fxq.pass_registry import register_pass
+from fxq.rms_norm_scope import is_rms_norm
 
 _OPS = ("call_module", "call_function", "call_method")
 
@@ -53,10 +54,13 @@ class AssignQConfig(GraphPass):
                                          order_key=(order_path, order_object, index))
             record = info(node)
             record.qconfig, record.qconfig_rule = resolution.qconfig, resolution.rule
-            recipe_reason = ctx.recipe.float_reason(record.concept) if ctx.recipe is not None else None
+            recipe_reason = None if ctx.recipe is None else ctx.recipe.float_reason(record.concept,
+                                                                                     record.module_type)
             if recipe_reason and resolution.rule == "global" and resolution.qconfig is not None:
                 record.qconfig, record.qconfig_rule = None, f"recipe({ctx.recipe.name})"
-                leave_float(node, f"the {ctx.recipe.name} recipe keeps {record.concept} float: {recipe_reason}")
+                what = f"{record.concept or 'this op'} in {record.module_type.__name__}" \
+                    if is_rms_norm(record.module_type) else record.concept
+                leave_float(node, f"the {ctx.recipe.name} recipe keeps {what} float: {recipe_reason}")
             elif resolution.qconfig is None:
                 leave_float(node, f"qconfig is None (rule {resolution.rule})")
         return gm

@@ -96,3 +96,67 @@ def test_statistics_recorded_but_never_read_do_not_block_native_kernels():
     assert not any(isinstance(m, ChannelStatistics) for m in quantized.modules())
     convs = [info(n).lowered_to for n in quantized.graph.nodes if (info(n).concept or "").startswith("conv")]
     assert convs and all(kind.startswith("QuantizedConv") for kind in convs)
+
+
+class _LlamaStyleRMSNorm(nn.Module):
+    """An RMS norm written out as Hugging Face writes it: graphs see pow, mean, rsqrt and mul."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, width))
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+class _RMSBlock(nn.Module):
+    """A pre-norm decoder block: RMS norms (one written out, one ``nn.RMSNorm``), attention, a gated MLP."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.attention_norm, self.mlp_norm = _LlamaStyleRMSNorm(width), nn.RMSNorm(width)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.gate, self.up, self.down = nn.Linear(width, 64), nn.Linear(width, 64), nn.Linear(64, width)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.attention_norm(x)).chunk(3, dim=-1)
+        x = x + self.out(torch.softmax(q @ k.transpose(-1, -2) / 32 ** 0.5, dim=-1) @ v)
+        h = self.mlp_norm(x)
+        return x + self.down(torch.relu(self.gate(h)) * self.up(h))
+
+
+def _rms_prepared(mapping=None):
+    torch.manual_seed(0)
+    mapping = mapping if mapping is not None else fxq.get_default_qconfig_mapping("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FxqWarning)
+        return fxq.prepare(_RMSBlock().eval(), mapping, (torch.randn(2, 8, 32),), backend="x86")
+
+
+def _in_norms(prepared):
+    """The records of the ops inside the norms (observers inserted there have no rule)."""
+    return [info(n) for n in prepared.graph.nodes if info(n).module_path in ("attention_norm", "mlp_norm")
+            and info(n).qconfig_rule is not None]
+
+
+def test_rms_norms_count_as_norms_and_the_transformer_recipe_keeps_their_ops_float():
+    prepared = _rms_prepared()
+    assert prepared.meta["fxq_recipe"]["name"] == "transformer"
+    assert "2 layer norm(s)" in prepared.meta["fxq_recipe"]["why"]
+    in_norms = _in_norms(prepared)
+    assert any(record.concept == "mul" for record in in_norms)  # ops the backend could run in int8
+    for record in in_norms:
+        assert record.qconfig is None and record.qconfig_rule == "recipe(transformer)"
+        assert "RMSNorm float" in record.float_reason
+    assert all(record.qconfig is not None for record in _by_concept(prepared, "linear"))
+    gate_product = [r for r in _by_concept(prepared, "mul") if r.module_path == ""]
+    assert gate_product and all(r.qconfig is not None for r in gate_product)  # outside the norms: as before
+
+
+def test_an_explicit_rule_wins_over_the_recipe_inside_rms_norms_too():
+    mapping = fxq.get_default_qconfig_mapping("x86").set_module_name("attention_norm", fxq.get_default_qconfig("x86"))
+    in_norms = _in_norms(_rms_prepared(mapping))
+    chosen = [r for r in in_norms if r.module_path == "attention_norm"]
+    assert chosen and all(r.qconfig is not None and r.qconfig_rule == "module_name('attention_norm')"
+                          for r in chosen)
+    assert all(r.qconfig is None for r in in_norms if r.module_path == "mlp_norm")
