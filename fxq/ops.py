@@ -90,6 +90,11 @@ _TABLE: list[Concept] = [
     _c("adaptive_avg_pool2d", [nn.AdaptiveAvgPool2d], [F.adaptive_avg_pool2d], aten=["aten.adaptive_avg_pool2d"]),
     _c("adaptive_avg_pool3d", [nn.AdaptiveAvgPool3d], [F.adaptive_avg_pool3d], aten=["aten.adaptive_avg_pool3d"]),
     _c("mean", [], [torch.mean], ["mean"], ["aten.mean"]),
+    # resizing; exported graphs spell only the modes torch has int8 kernels for (bicubic, linear and trilinear
+    # stay unknown ops there); traced ones name the mode in an argument, which lowering checks
+    _c("interpolate", [nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d], [F.interpolate],
+       aten=["aten.upsample_nearest2d", "aten.upsample_bilinear2d", "aten._upsample_nearest_exact2d",
+             "aten.upsample_nearest3d", "aten._upsample_nearest_exact3d"]),
     _c("flatten", [nn.Flatten], [torch.flatten], ["flatten"], ["aten.flatten"]),
     _c("reshape", [], [torch.reshape], ["reshape", "view"], ["aten.reshape", "aten.view", "aten._unsafe_view"]),
     _c("transpose", [], [torch.transpose], ["transpose"], ["aten.transpose"]),

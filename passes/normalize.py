@@ -6,7 +6,8 @@ module fxq knows (a conv, a linear, a ReLU...) that forward calls several times 
 the copies sharing its parameters and buffers, so later passes can fuse, observe and lower each call on its own
 (each has its own input and output ranges); no node uses an in-place form (``x.relu_()``, ``x += y``,
 ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``), and later uses of a tensor an in-place op mutated read
-the op's result instead. The numbers are unchanged.
+the op's result instead; ``F.interpolate``'s whole-number scale factors are floats (TorchScript takes no other).
+The numbers are unchanged.
 """
 
 from __future__ import annotations
@@ -68,7 +69,29 @@ class Normalize(GraphPass):
                 _make_out_of_place(node, modules)
                 _redirect_later_uses(node, order)
                 stamp(node, self.name, "out_of_place")
+            if record.concept == "interpolate" and _float_scale_factor(node):
+                stamp(node, self.name, "float_scale_factor")
         return gm
+
+
+def _float_scale_factor(node: Node) -> bool:
+    """Spell an ``F.interpolate`` call's whole-number scale factor as a float (the same resize): TorchScript's
+    signature takes floats only, and ``interpolate(x, scale_factor=2)`` kept a U-Net off the TorchScript runtime."""
+    if node.target is not F.interpolate:
+        return False
+    positional = len(node.args) > 2
+    factor = node.args[2] if positional else node.kwargs.get("scale_factor")
+    if isinstance(factor, int) and not isinstance(factor, bool):
+        floats = float(factor)
+    elif isinstance(factor, (tuple, list)) and any(isinstance(f, int) for f in factor):
+        floats = type(factor)(float(f) for f in factor)
+    else:
+        return False
+    if positional:
+        node.update_arg(2, floats)
+    else:
+        node.update_kwarg("scale_factor", floats)
+    return True
 
 
 def _call_own_copy(gm: GraphModule, node: Node, modules: dict) -> None:

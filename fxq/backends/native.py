@@ -17,6 +17,7 @@ from torch import nn
 from torch.fx import Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, take_over
+from fxq.backends.resize_modes import no_int8_resize
 from fxq.clamp_bounds import clamp_bounds
 from fxq.nn.fused import FusedModule
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
@@ -249,6 +250,13 @@ def shared(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     return _becomes(rw.stamp(op), q, op)
 
 
+def resize(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
+    """dequantize -> interpolate -> quantize with the input's qparams  =>  the resize on the int8 tensor, in the
+    modes torch has int8 kernels for (``resize_modes``); others stay a float island."""
+    why = no_int8_resize(op, rw.modules)
+    return Declined(why) if why else shared(rw, q, op, x)
+
+
 def saturated_clamp(rw: Rewriter, q: Node, op: Node, x: Node) -> Node | Declined:
     """dequantize -> relu/relu6/hardtanh/clamp -> quantize with the input's qparams, where no int8 level of the
     input lies outside the bounds  =>  the input itself: the kernel that made it saturated there already
@@ -472,6 +480,7 @@ NATIVE_RULES = (
     *[_rule(concept, saturated_clamp, "int8 clamp already saturated") for concept in ("relu", "relu6", "hardtanh")],
     # range-preserving ops run on the int8 tensor as they are
     *[_rule(concept, shared, "op on int8 tensor") for concept in SHARED],
+    _rule("interpolate", resize, "int8 resize"),
     # dequantize -> linear (+relu) read only by float ops: prepacked int8 module returning float. Last, so every
     # linear whose output is requantized is claimed above, and an input computed int8 by the rules above is read
     # as such rather than as the float value its reference form quantized.
