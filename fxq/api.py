@@ -44,7 +44,7 @@ _LEAVES_KEY = "fxq_float_leaves"
 
 def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str | None = None,
             leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
-            concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
+            concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "auto",
             recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None,
             passes=None) -> GraphModule:
     """Trace a copy of ``model`` and insert observers; run calibration data through the result, then ``convert``.
@@ -63,9 +63,10 @@ def prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str |
             one for torch's quantized engine (``fxq.backends.native_backend``: x86, or qnnpack on ARM builds).
         leaf_modules / leaf_module_types: submodules to keep whole (not traced through, left float if unknown).
         concrete_args: forward arguments to fix to Python values while tracing.
-        capture: "fx" (symbolic tracing), "export" (``torch.export``, for models tracing cannot follow, such as
-            Hugging Face transformers) or "auto" (tracing, else export; ``prepared.meta["fxq_capture"]`` says
-            which and why). See ``fxq.capture``.
+        capture: "auto" (default: symbolic tracing, else ``torch.export`` where tracing fails or would keep
+            submodules whole in float, such as Hugging Face transformers or ``nn.TransformerEncoder``;
+            ``prepared.meta["fxq_capture"]`` says which and why), "fx" (tracing only; ``fxq.compat`` uses it,
+            as torch.ao did) or "export". See ``fxq.capture``.
         recipe: "auto" (chosen from the graph: "transformer" for attention with layer norms, "cnn" for
             convolutions), "transformer", "cnn", "none", or a ``fxq.recipes.Recipe``; ``prepared.meta["fxq_recipe"]``
             says which and why. A recipe keeps some ops float and adds passes, only where the mapping's rule for

@@ -152,3 +152,51 @@ def test_tracing_does_not_change_the_model():
         trace(model)
     assert model.training and set(vars(model)) == attributes
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _Encoder(nn.Module):
+    """A model built from torch's own transformer modules, which torch.fx keeps whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 32)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 2)
+        self.act = nn.PReLU()  # a torch.nn leaf with a parameter, but no weight matrix: nothing hidden
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.act(self.encoder(self.embed(x))))
+
+
+def test_torch_modules_kept_whole_with_weights_inside_are_reported_as_float_leaves():
+    with pytest.warns(FxqWarning, match=r"encoder \(TransformerEncoder\).*capture='export'"):
+        captured = trace(_Encoder().eval())
+    assert [(leaf.path, leaf.type_name) for leaf in captured.float_leaves] == [("encoder", "TransformerEncoder")]
+    node = next(n for n in captured.graph_module.graph.nodes if n.target == "encoder")
+    assert "its weights run float" in info(node).float_reason
+
+
+def test_leaves_the_user_chose_are_not_reported():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FxqWarning)
+        assert trace(_Encoder().eval(), leaf_modules=["encoder"]).float_leaves == []
+        assert trace(_Encoder().eval(), leaf_module_types=[nn.TransformerEncoder]).float_leaves == []
+
+
+def test_quantize_by_default_exports_what_tracing_would_keep_whole():
+    import fxq
+
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    batches = [(torch.randn(2, 6, 16),) for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = fxq.quantize(model, batches[0], batches)
+        traced = fxq.quantize(model, batches[0], batches, capture="fx")
+    assert quantized.meta["fxq_capture"]["how"] == "export"
+    assert "TransformerEncoder" in quantized.meta["fxq_capture"]["why"]
+    linears = [n for n in quantized.graph.nodes if info(n).concept == "linear" and info(n).lowered_to != "float"]
+    assert len(linears) >= 2 + 2 * 3  # embed, head, and per layer the attention output and both feed-forwards
+    assert fxq.report_of(quantized).size_ratio < 0.7 and fxq.report_of(traced).size_ratio > 0.9  # 0.62, 0.98
+    with torch.no_grad():
+        assert fxq.metrics.sqnr_db(model(*batches[1]), quantized(*batches[1])) >= 25

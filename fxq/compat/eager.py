@@ -54,7 +54,8 @@ class EagerPrepared(nn.Module):
             example = dict(kwargs) if kwargs and not args else args
             if kwargs and args:
                 raise ConfigError("an eager-prepared model takes positional or keyword arguments, not both")
-            self.prepared = fxq.prepare(self.model, self.mapping, example, backend=self.backend, recipe="none")
+            self.prepared = fxq.prepare(self.model, self.mapping, example, backend=self.backend, recipe="none",
+                                         capture="fx")
         return self.prepared(*args, **kwargs)
 
 

@@ -89,7 +89,7 @@ def _prepare(entry, model, qconfig_mapping, example_inputs, custom, backend_conf
         raise ConfigError("backend_config: fxq's backends are its own tables (fxq.backends); drop the argument to "
                           "use torch's current quantized engine, or register a backend (docs/architecture.md)")
     config = _custom_config(custom)
-    fxq_options = {"recipe": "none", **fxq_options}  # torch.ao's pipeline: the model torch.ao would make
+    fxq_options = {"recipe": "none", "capture": "fx", **fxq_options}  # torch.ao's pipeline and front end
     prepared = entry(model, qconfig_mapping, example_inputs, backend=native_backend(),
                      leaf_modules=config.non_traceable_module_names,
                      leaf_module_types=config.non_traceable_module_classes, **fxq_options)

@@ -16,7 +16,7 @@ from fxq.recipes import Recipe
 
 def prepare_qat(model: nn.Module, qconfig_mapping=None, example_inputs=None, *, backend: str | None = None,
                 leaf_modules: Iterable[str] = (), leaf_module_types: Iterable[type] = (),
-                concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "fx",
+                concrete_args: dict | None = None, keep_snapshots: bool = False, capture: str = "auto",
                 recipe: str | Recipe = "auto", precision: PrecisionPlan | dict | None = None,
                 passes=None) -> GraphModule:
     """A copy of ``model`` with fake quantization where ``fxq.prepare`` would put observers, in training mode.
