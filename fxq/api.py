@@ -23,7 +23,7 @@ from fxq.errors import CalibrationError, ConfigError, FxqWarning
 from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.input_guard import input_records
-from fxq.model_inputs import call_with, split_call
+from fxq.model_inputs import call_with, split_call, without_labels
 from fxq.nn.transposed_linear import replace_transposed_linears
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
@@ -218,7 +218,8 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
 
     Args:
         calibration_data: batches of representative inputs; each is a tuple of forward arguments (a lone tensor
-            is wrapped) or a dict of keyword arguments.
+            is wrapped) or a dict of keyword arguments. Items past the model's inputs (a DataLoader's labels) are
+            dropped, with a warning.
         qconfig_mapping: defaults to ``get_default_qconfig_mapping(backend)``.
         runtime: what runs the result's calls ("auto", "graph" or "torchscript"; see ``convert``).
         prepare_options: passed to ``prepare`` (recipe, capture, leaf_modules, concrete_args, ...).
@@ -233,9 +234,14 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     check_runtime_name(runtime)
     backend = backend if backend is not None else native_backend()
     prepared = prepare(model, qconfig_mapping, example_inputs, backend=backend, **prepare_options)
-    batches = 0
+    batches, inputs, dropped = 0, sum(node.op == "placeholder" for node in prepared.graph.nodes), 0
     with torch.no_grad():
         for batch in calibration_data:
+            batch, dropped = without_labels(batch, inputs)
+            if dropped and batches == 0:
+                warnings.warn(f"calibration batches hold {inputs + dropped} items and the model takes {inputs} "
+                              f"input(s): the last {dropped} (labels, as a DataLoader of (inputs, labels) yields) "
+                              "are not passed to it", FxqWarning, stacklevel=2)
             call_with(prepared, batch)
             batches += 1
     if batches == 0:

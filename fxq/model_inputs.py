@@ -29,6 +29,14 @@ def split_call(batch) -> tuple[tuple, dict]:
                       f"arguments; got {type(batch).__name__}")
 
 
+def without_labels(batch, inputs: int) -> tuple[object, int]:
+    """``batch`` without its items past the model's ``inputs`` positional arguments (the labels of a DataLoader
+    of (inputs, labels), which a call with them would reject), and how many were dropped."""
+    if isinstance(batch, (tuple, list)) and len(batch) > inputs:
+        return tuple(batch[:inputs]), len(batch) - inputs
+    return batch, 0
+
+
 def call_with(model: nn.Module, batch):
     """``model`` called on ``batch`` (see ``split_call``)."""
     args, kwargs = split_call(batch)
