@@ -1,5 +1,5 @@
-"""Which resizes torch can run on an int8 tensor: nearest (and nearest-exact) in 2-d and 3-d, bilinear and area
-in 2-d. Bicubic, linear and trilinear have no int8 kernel, nor does antialiasing; those stay float islands.
+"""Which resizes torch can run on an int8 tensor: nearest, nearest-exact and area in 2-d and 3-d, bilinear in
+2-d. Bicubic, linear and trilinear have no int8 kernel, nor does antialiasing; those stay float islands.
 
 Traced graphs name the mode in an argument of ``F.interpolate`` or in the ``nn.Upsample`` module; exported
 graphs spell each mode as its own aten op, and only the supported ones are forms of the ``interpolate`` concept.
@@ -26,7 +26,7 @@ def no_int8_resize(node: Node, modules: dict[str, nn.Module]) -> str | None:
     else:
         return None  # an aten form: the concept lists only the supported ones
     value = node.meta.get(VALUE_KEY)
-    rank = value.shape.__len__() if isinstance(value, TensorInfo) else None
+    rank = len(value.shape) if isinstance(value, TensorInfo) else None
     if antialias:
         return f"{node.name} resizes with antialiasing, which has no int8 kernel"
     if mode not in _INT8_MODES.get(rank, ()):
