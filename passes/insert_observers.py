@@ -6,7 +6,8 @@ its output: its own (``qconfig.activation``) or the input's (ops such as maxpool
 for average pools both, for ``lower`` to choose from. An op whose kernel can return float (the backend table's
 ``float_output``) gets no output observer when no op reads its output as int8 (only float ops, or the model's
 output): it is marked ``FLOAT_OUTPUT`` instead.
-Shared ops whose input is float stay float. Each tensor has one observer however many users it has, except
+Shared ops whose input is float stay float, and so do ops without weights whose inputs are all float and whose
+output no int8 op reads (a rotary embedding's ``q * cos`` before float attention): int8 there only adds rounding. Each tensor has one observer however many users it has, except
 that a reader whose activations have fewer levels than that observer's (an int8 layer after an int16 one) reads
 it through one of its own, after that one, shared by the readers with the same levels; integer/bool tensors and
 non-tensors are never observed. Ops left float say why on their annotation.
@@ -99,7 +100,12 @@ class _Placement:
         if not is_float_tensor(node):
             leave_float(node, "its output is not a float tensor")
             return
-        for index, arg in enumerate(_activation_inputs(node, support)):
+        inputs = _activation_inputs(node, support)
+        if not support.weighted and not any(map(self._has_int8_form, inputs)) and not self._read_as_int8(node):
+            leave_float(node, "its inputs are float and no int8 op reads its output: int8 here would only add "
+                              "rounding (and a quantize and a dequantize)")
+            return
+        for index, arg in enumerate(inputs):
             self._observe_input(node, index, arg)
         if support.float_output and not self._read_as_int8(node):
             record.precision = FLOAT_OUTPUT
@@ -118,6 +124,10 @@ class _Placement:
             return ("it reads or makes a tensor with no elements (a slice past the end, such as the unrotated part "
                     "of a fully rotary attention): there are no values to observe")
         return None
+
+    def _has_int8_form(self, value: Node) -> bool:
+        """Whether ``value`` is already observed (an int8 op makes it, or an int8 reader quantizes it)."""
+        return value in self.quantized or any(user in self.quantized for user in value.users)
 
     def _weighted(self, node: Node) -> bool:
         support = self.backend.support(info(node).concept)

@@ -166,12 +166,13 @@ class GatedReLU6(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm2d(12)
         self.act = nn.ReLU6()
+        self.conv = nn.Conv2d(12, 4, 1)  # reads the leaky_relu in int8, so that one is int8 too
         with torch.no_grad():
             self.bn.running_mean.normal_(0, 0.3)
             self.bn.running_var.uniform_(0.5, 2.0)
 
     def forward(self, x):
-        return F.leaky_relu(self.act(self.bn(torch.sigmoid(x))), 0.2)
+        return self.conv(F.leaky_relu(self.act(self.bn(torch.sigmoid(x))), 0.2))
 
 
 class SelfAdd(nn.Module):

@@ -63,12 +63,38 @@ def test_structure_own_shared_fixed():
 
 def test_one_observer_per_tensor_with_many_users():
     class Fanout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)  # needs x in int8, so the others read that int8 form too
+
         def forward(self, x):
-            return x + 1, x * 3, torch.cat([x, x], 1)
+            return self.fc(x), x + 1, x * 3, torch.cat([x, x], 1)
 
     gm = _observed(Fanout(), torch.randn(2, 3))
     observer_calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "obs_x"]
     assert len(observer_calls) == 1
+    readers = {user.name for user in observer_calls[0].users}
+    assert {"fc", "add", "mul", "cat"} <= readers or {"fc", "add", "mul"} <= readers
+
+
+def test_an_op_with_float_inputs_that_no_int8_op_reads_stays_float():
+    class Rotary(nn.Module):
+        """A product of float values (as a rotary embedding's q * cos before float attention), next to one whose
+        input is int8 already."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, cos):
+            return torch.exp(x) * cos, self.fc(x) * 2
+
+    gm = _observed(Rotary(), torch.randn(2, 4), torch.randn(2, 4))
+    products = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is operator.mul]
+    float_product, int8_product = products
+    assert "would only add rounding" in info(float_product).float_reason
+    assert not any(user.op == "call_module" for user in float_product.users)
+    assert info(int8_product).float_reason is None and "output" in info(int8_product).observers
 
 
 def test_no_observer_on_shape_arithmetic_integers_or_bools():
@@ -186,16 +212,20 @@ def test_ops_without_a_float_output_kernel_are_always_observed():
 
 
 class Pools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)  # reads the pooled features in int8
+
     def forward(self, x):
         y = torch.sigmoid(x)
-        return F.adaptive_avg_pool2d(y, 1).flatten(1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
 
 
 def test_average_pool_is_observed_both_ways_for_lower_to_choose():
     gm = _observed(Pools(), torch.randn(2, 3, 4, 4))
     assert _sequence(gm) == ["obs:obs_x", "sigmoid", "obs:obs_sigmoid",
                              "adaptive_avg_pool2d", "obs:obs_adaptive_avg_pool2d",  # its own...
-                             "flatten", "obs:obs_adaptive_avg_pool2d"]
+                             "flatten", "obs:obs_adaptive_avg_pool2d", "fc"]
     pool = next(n for n in gm.graph.nodes if n.name == "adaptive_avg_pool2d")
     assert info(pool).observers == {"input0": "obs_sigmoid", "output": "obs_adaptive_avg_pool2d"}  # ...and its input's
 
