@@ -234,14 +234,15 @@ def quantize(model: nn.Module, example_inputs, calibration_data: Iterable, *, ba
     check_runtime_name(runtime)
     backend = backend if backend is not None else native_backend()
     prepared = prepare(model, qconfig_mapping, example_inputs, backend=backend, **prepare_options)
-    batches, inputs, dropped = 0, sum(node.op == "placeholder" for node in prepared.graph.nodes), 0
+    batches, inputs, warned = 0, sum(node.op == "placeholder" for node in prepared.graph.nodes), False
     with torch.no_grad():
         for batch in calibration_data:
             batch, dropped = without_labels(batch, inputs)
-            if dropped and batches == 0:
-                warnings.warn(f"calibration batches hold {inputs + dropped} items and the model takes {inputs} "
-                              f"input(s): the last {dropped} (labels, as a DataLoader of (inputs, labels) yields) "
-                              "are not passed to it", FxqWarning, stacklevel=2)
+            if dropped and not warned:
+                warnings.warn(f"calibration batch {batches} holds {inputs + dropped} items and the model takes "
+                              f"{inputs} input(s): the last {dropped} (labels, as a DataLoader of (inputs, labels) "
+                              "yields) are not passed to it", FxqWarning, stacklevel=2)
+                warned = True
             call_with(prepared, batch)
             batches += 1
     if batches == 0:

@@ -65,7 +65,7 @@ def test_a_dataloader_of_inputs_and_labels_calibrates_with_a_warning():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
     inputs, labels = torch.randn(64, 8), torch.randint(0, 4, (64,))
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=16)
-    with pytest.warns(fxq.FxqWarning, match=r"hold 2 items and the model takes 1 input\(s\): the last 1"):
+    with pytest.warns(fxq.FxqWarning, match=r"batch 0 holds 2 items and the model takes 1 input\(s\): the last 1"):
         quantized = fxq.quantize(model, (inputs[:2],), loader)
     reference = fxq.quantize(model, (inputs[:2],), [(inputs[i:i + 16],) for i in range(0, 64, 16)])
     assert torch.equal(quantized(inputs), reference(inputs))  # calibrated on the same inputs, labels unused
