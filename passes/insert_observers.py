@@ -7,10 +7,11 @@ for average pools both, for ``lower`` to choose from. An op whose kernel can ret
 ``float_output``) gets no output observer when no op reads its output as int8 (only float ops, or the model's
 output): it is marked ``FLOAT_OUTPUT`` instead.
 Shared ops whose input is float stay float, and so do ops without weights whose inputs are all float and whose
-output no int8 op reads (a rotary embedding's ``q * cos`` before float attention): int8 there only adds rounding. Each tensor has one observer however many users it has, except
-that a reader whose activations have fewer levels than that observer's (an int8 layer after an int16 one) reads
-it through one of its own, after that one, shared by the readers with the same levels; integer/bool tensors and
-non-tensors are never observed. Ops left float say why on their annotation.
+output no int8 op reads (a rotary embedding's ``q * cos`` before float attention): int8 there only adds rounding.
+Each tensor has one observer however many users it has, except that a reader whose activations have fewer levels
+than that observer's (an int8 layer after an int16 one) reads it through one of its own, after that one, shared by
+the readers with the same levels; integer/bool tensors and non-tensors are never observed. Ops left float say why
+on their annotation.
 """
 
 from __future__ import annotations
