@@ -241,6 +241,10 @@ def _rewrite(gm: GraphModule, node: Node, value: torch.Tensor | None, modules: d
         return
     if node.op == "call_module":
         _rewrite_module(gm, node, modules[node.target])
+    elif node.target is torch.ops.aten.contiguous.default:
+        # exported graphs keep ``x.contiguous()`` as this composite op; re-exporting it, torch.onnx took it for a
+        # no-op on a transposed value and turned the reshape after it into an invalid view (a tiny Swin)
+        node.target, node.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}
     elif node.op == "call_function" and node.target is not torch.quantize_per_tensor:
         name = _kernel_name(node.target)
         if name == "":

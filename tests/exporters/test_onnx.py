@@ -79,6 +79,25 @@ def test_export_captured_bert_runs_in_onnxruntime(tmp_path):
     assert sqnr(expected, run_in_fresh_process(path, [ids, mask], tmp_path)) >= 30
 
 
+def test_an_exported_swin_with_contiguous_calls_runs_in_onnxruntime(tmp_path):
+    """Swin's exported graph keeps ``x.transpose(1, 2).contiguous()`` as ``aten.contiguous``, which torch.onnx
+    took for a no-op, turning the reshape after it into an invalid view."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                     window_size=4)
+    model = transformers.SwinModel(config).eval()
+    batches = [(torch.randn(2, 3, 32, 32),) for _ in range(4)]
+    qm = fxq.quantize(model, batches[0], batches)
+    assert any(n.target is torch.ops.aten.contiguous.default for n in qm.graph.nodes)
+    path = tmp_path / "swin.onnx"
+    fxq.export(qm, path, format="onnx")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = qm(x).last_hidden_state
+    assert sqnr(expected, run_in_fresh_process(path, [x], tmp_path)) >= 30
+
+
 @pytest.mark.parametrize("format", ["onnx", "pt2"])
 def test_models_that_are_not_converted_are_refused(format, tmp_path):
     model = make_model("mlp")
