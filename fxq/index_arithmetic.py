@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.shapes import VALUE_KEY, TensorInfo, is_float_tensor
+from fxq.shapes import TensorInfo, is_float_tensor, value_of
 
 _OPS = ("call_module", "call_function", "call_method")
 _INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -41,8 +41,8 @@ def index_arithmetic(gm: GraphModule, computes_activations: Callable[[Node], boo
 
 def _cast_inputs(node: Node) -> list[Node]:
     """The float inputs of ``node`` that it turns, element by element, into an integer tensor."""
-    value = node.meta.get(VALUE_KEY)
+    value = value_of(node)
     if not isinstance(value, TensorInfo) or value.dtype not in _INTEGERS:
         return []
     return [arg for arg in node.all_input_nodes
-            if is_float_tensor(arg) and arg.meta[VALUE_KEY].shape == value.shape]
+            if is_float_tensor(arg) and value_of(arg).shape == value.shape]

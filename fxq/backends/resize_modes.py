@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-from fxq.shapes import VALUE_KEY, TensorInfo
+from fxq.shapes import TensorInfo, value_of
 
 _INT8_MODES = {4: {"nearest", "nearest-exact", "bilinear", "area"}, 5: {"nearest", "nearest-exact", "area"}}
 
@@ -25,7 +25,7 @@ def no_int8_resize(node: Node, modules: dict[str, nn.Module]) -> str | None:
         antialias = node.kwargs.get("antialias", node.args[6] if len(node.args) > 6 else False)
     else:
         return None  # an aten form: the concept lists only the supported ones
-    value = node.meta.get(VALUE_KEY)
+    value = value_of(node)
     rank = len(value.shape) if isinstance(value, TensorInfo) else None
     if antialias:
         return f"{node.name} resizes with antialiasing, which has no int8 kernel"

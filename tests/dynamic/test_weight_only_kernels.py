@@ -26,11 +26,7 @@ def test_the_kernels_compute_their_reference_product(bits, rows, out_features, i
     generator = torch.Generator().manual_seed(rows * out_features)
     padded = -(-in_features // group) * group
     x = torch.randn(rows, in_features, generator=generator) * torch.rand(in_features, generator=generator) * 4
-    if bits == 4:
-        qweight = torch.randint(0, 256, (out_features, padded // 2), generator=generator, dtype=torch.uint8)
-    else:
-        qweight = torch.randint(-128, 128, (out_features, padded), generator=generator, dtype=torch.int8)
-    scale = torch.rand(out_features, padded // group, generator=generator) + 0.01
+    qweight, scale = weight_only_kernels.random_weight(bits, out_features, padded, group, generator)
     bias = torch.randn(out_features, generator=generator)
     op = torch.ops.fxq.int4_linear if bits == 4 else torch.ops.fxq.int8_linear
     for b in (bias, None):

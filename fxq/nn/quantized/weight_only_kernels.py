@@ -65,11 +65,30 @@ def linear(bits: int, x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tenso
     return y.reshape(*x.shape[:-1], qweight.shape[0])
 
 
+def stored(bits: int, levels: torch.Tensor) -> torch.Tensor:
+    """Signed levels (out, padded in) as a kernel reads them: int8 as they are, int4 two per byte (low nibble
+    first, each with an offset of 8)."""
+    if bits == 8:
+        return levels
+    nibbles = (levels + 8).to(torch.uint8)
+    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+
+
 def levels(bits: int, qweight: torch.Tensor) -> torch.Tensor:
-    """The signed levels (out, padded in) of a stored weight."""
+    """The signed levels (out, padded in) of a stored weight (``stored``'s inverse)."""
     if bits == 8:
         return qweight
     return torch.stack([qweight & 0x0F, qweight >> 4], dim=2).reshape(qweight.shape[0], -1).to(torch.int8) - 8
+
+
+def random_weight(bits: int, out_features: int, padded: int, group_size: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stored weight of uniformly random levels and its scales (0.1 to 1.1): the load-time check's data, and
+    the tests'."""
+    values = torch.randint(-2 ** (bits - 1), 2 ** (bits - 1), (out_features, padded), generator=generator,
+                           dtype=torch.int8)
+    scale = torch.rand(out_features, padded // group_size, generator=generator) + 0.1
+    return stored(bits, values), scale
 
 
 def expand(bits: int, qweight: torch.Tensor, scale: torch.Tensor, group_size: int,
@@ -225,11 +244,7 @@ def _agrees(library: ctypes.CDLL) -> bool:
     rows, out_features, padded = 3, 23, 256
     for bits, group, in_features in ((4, 64, 200), (4, 32, 250), (8, 32, 250)):
         x = torch.randn(rows, in_features, generator=generator)
-        if bits == 4:
-            qweight = torch.randint(0, 256, (out_features, padded // 2), generator=generator, dtype=torch.uint8)
-        else:
-            qweight = torch.randint(-128, 128, (out_features, padded), generator=generator, dtype=torch.int8)
-        scale = torch.rand(out_features, padded // group, generator=generator) + 0.1
+        qweight, scale = random_weight(bits, out_features, padded, group, generator)
         bias = torch.randn(out_features, generator=generator)
         y = torch.empty(rows, out_features)
         kernel = library.fxq_int4_linear if bits == 4 else library.fxq_int8_linear

@@ -59,7 +59,7 @@ class WeightOnlyLinear(RebuildsKernelState):
             values = gptq_levels(weight, input_moments, scale, bits, self.group_size)
             values = F.pad(values, (0, columns - self.in_features))  # the last group's padding, as zeros
         self.register_buffer("scale", scale)
-        self.register_buffer("qweight", _pack_int4(values) if bits == 4 else values)
+        self.register_buffer("qweight", weight_only_kernels.stored(bits, values))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self._repack()
 
@@ -91,7 +91,7 @@ class WeightOnlyLinear(RebuildsKernelState):
         if self.qweight is not None:
             return self.qweight
         levels = int4_layout.unpack(self._int4_kernel[0], self.out_features, self.in_features)
-        return _pack_int4(levels.to(torch.int8) - 8)
+        return weight_only_kernels.stored(4, levels.to(torch.int8) - 8)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -152,9 +152,3 @@ def least_error_scales(grouped: torch.Tensor, top: int) -> torch.Tensor:
         better = error < best_error
         best, best_error = torch.where(better, scale, best), torch.where(better, error, best_error)
     return best
-
-
-def _pack_int4(values: torch.Tensor) -> torch.Tensor:
-    """Two int4 values per byte (low nibble first), each stored with an offset of 8."""
-    nibbles = (values + 8).to(torch.uint8)
-    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
