@@ -31,7 +31,12 @@ from fxq.pass_manager import PassManager
 from fxq.pass_registry import available_passes, get_pass, register_pass
 from fxq.pattern import ANY, Pattern
 from fxq.qat import prepare_qat
-from fxq.qconfig import QConfig, get_default_dynamic_qconfig, get_default_qconfig
+from fxq.qconfig import (
+    QConfig,
+    get_default_dynamic_qconfig,
+    get_default_embedding_qconfig,
+    get_default_qconfig,
+)
 from fxq.qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from fxq.recipes import Recipe, register_recipe
 from fxq.rewriter import Declined, Rewriter, Rule
@@ -45,7 +50,7 @@ __all__ = [
     "ANY", "BenchmarkResult", "CalibrationError", "Comparison", "ConfigError", "Dynamic", "DynamicReport", "WeightOnly", "FxqError", "FxqWarning", "GraphPass", "InputError", "LoadError", "LayerError",
     "NodeInfo", "NodeRow", "ObserverRow", "PassContext", "PassError", "PassManager", "PassOrderError", "Pattern",
     "QConfig", "QConfigMapping", "TraceError", "available_passes", "compare", "convert",
-    "get_default_dynamic_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
+    "get_default_dynamic_qconfig", "get_default_embedding_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig", "get_default_qconfig_mapping", "get_pass", "info",
     "inspect", "observer_summary", "observers", "pass_records", "prepare", "quantize", "quantize_dynamic", "register_pass",
     "report_of", "save", "load", "trace", "export", "tune", "TuneResult", "prepare_qat", "benchmark",
     "Backend", "OpSupport", "available_backends", "register_backend", "Recipe", "register_recipe", "Rule", "Rewriter",

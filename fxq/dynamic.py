@@ -279,6 +279,20 @@ def constant_linear_args(node) -> tuple | None:
     return weight, bias
 
 
+def constant_embedding_args(node) -> tuple | None:
+    """(table node, padding_idx or None) of an exported graph's ``aten.embedding`` call on a constant table
+    (``get_attr``), which a weight-only embedding module can run; None otherwise."""
+    from torch.fx import Node
+
+    if node.op != "call_function" or node.target is not torch.ops.aten.embedding.default:
+        return None
+    table = node.args[0]
+    padding = node.args[2] if len(node.args) > 2 else node.kwargs.get("padding_idx", -1)
+    if not (isinstance(table, Node) and table.op == "get_attr") or not isinstance(padding, int):
+        return None
+    return table, (None if padding < 0 else padding)
+
+
 def dynamic_module(module: nn.Module, dtype: torch.dtype, quantize_weight) -> tuple[nn.Module | None, str]:
     """The dynamic runtime module for a Linear (or fused Linear+ReLU), LSTM or GRU, or (None, why not): what
     ``lower`` uses for nodes with a dynamic qconfig."""

@@ -51,6 +51,22 @@ class QConfig:
         return bool(getattr(self.activation, "kwargs", {}).get("is_dynamic", False))
 
     @property
+    def is_weight_only(self) -> bool:
+        """Only the weight is quantized and activations stay float (a ``PlaceholderObserver`` of dtype float32 for
+        activations, as torch.ao's ``float_qparams_weight_only_qconfig`` has): embedding tables in 8- or 4-bit
+        rows."""
+        from fxq.observers import PlaceholderObserver
+
+        kwargs = getattr(self.activation, "kwargs", {})
+        return getattr(self.activation, "cls", None) is PlaceholderObserver \
+            and kwargs.get("dtype") == torch.float32 and not kwargs.get("is_dynamic", False)
+
+    @property
+    def weight_only_bits(self) -> int:
+        """For a weight-only qconfig: 4 if its weight observer's dtype is torch.quint4x2, else 8."""
+        return 4 if getattr(self.weight, "kwargs", {}).get("dtype") == torch.quint4x2 else 8
+
+    @property
     def dynamic_dtype(self) -> torch.dtype:
         """For a dynamic qconfig: torch.qint8 (int8 weights and activations) or torch.float16 (fp16 weights)."""
         dtype = getattr(self.activation, "kwargs", {}).get("dtype", torch.quint8)
@@ -113,6 +129,19 @@ def get_default_dynamic_qconfig(dtype: torch.dtype = torch.qint8, backend: str =
         raise ConfigError(f"dynamic quantization takes torch.qint8 or torch.float16, not {dtype}")
     return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
                    weight=default_weight(backend))
+
+
+def get_default_embedding_qconfig(bits: int = 8) -> QConfig:
+    """Weight-only quantization of embedding tables: every row in ``bits`` (8 or 4) with its own scale and
+    offset, looked up by torch's row-wise kernels (``fxq.nn.quantized.QuantizedEmbedding``). A lookup's output
+    is float, as are its indices: there is no activation to observe. Tables are often a model's largest weights
+    (a quarter of BERT-base's); 8-bit rows cost all-MiniLM-L6-v2 nothing measurable (docs/recipes.md)."""
+    from fxq.observers import PlaceholderObserver
+
+    if bits not in (8, 4):
+        raise ConfigError(f"embedding tables are stored in 8- or 4-bit rows, not {bits}")
+    return QConfig(activation=PlaceholderObserver.with_args(dtype=torch.float32),
+                   weight=PlaceholderObserver.with_args(dtype=torch.quint8 if bits == 8 else torch.quint4x2))
 
 
 def default_weight(backend: str):

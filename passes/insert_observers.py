@@ -23,7 +23,7 @@ from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, leave_float
 from fxq.backends import Observation, OpSupport, get_backend
-from fxq.dynamic import constant_linear_args
+from fxq.dynamic import constant_embedding_args, constant_linear_args
 from fxq.graph_pass import GraphPass, PassContext
 from fxq.index_arithmetic import index_arithmetic
 from fxq.observers import Observer
@@ -82,6 +82,9 @@ class _Placement:
             return
         if record.qconfig.is_dynamic:
             self._dynamic(node)
+            return
+        if record.qconfig.is_weight_only:
+            self._weight_only(node)
             return
         reason = self._not_an_activation(node)
         if reason is not None:
@@ -162,6 +165,19 @@ class _Placement:
             what = record.concept or _describe_target(node)
             leave_float(node, f"no dynamic kernel for {what}: dynamic quantization covers Linear (with a fused "
                               "ReLU), LSTM and GRU modules, and linear calls with constant weights")
+
+    def _weight_only(self, node: Node) -> None:
+        """Weight-only ops keep float activations: nothing to observe; ``lower`` stores the table in rows."""
+        record = info(node)
+        if record.concept in ("embedding", "embedding_bag") and (
+                node.op == "call_module" or constant_embedding_args(node) is not None):
+            record.precision = f"weight-only {record.qconfig.weight_only_bits}-bit rows"
+        else:
+            what = record.concept or _describe_target(node)
+            leave_float(node, f"no weight-only form for {what}: weight-only quantization in prepare/convert covers "
+                              "embedding tables (nn.Embedding and nn.EmbeddingBag modules, and an exported "
+                              "graph's embedding calls on a constant table); fxq.quantize_dynamic has weight-only "
+                              "Linears")
 
     def _share(self, node: Node, narrowing: bool) -> None:
         """The output reuses the input's observer; a narrowing op's output also gets its own, recorded next to

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 import torch
+from torch import nn
 from torch.fx import GraphModule, Node
 
 from fxq.annotation import FLOAT_OUTPUT, info, leave_float, runs_int8
@@ -62,8 +63,11 @@ class Lower(GraphPass):
                     _quantize_weight(rw, node, support)
         with using_engine(_dynamic_engine(backend.engine)):
             for node in list(gm.graph.nodes):
-                if (info(node).precision or "").startswith("dynamic"):
+                precision = info(node).precision or ""
+                if precision.startswith("dynamic"):
                     _lower_dynamic(rw, node)
+                elif precision.startswith("weight-only"):
+                    _lower_weight_only(rw, node)
         _record_status(gm)
         if backend.lowering_rules:
             read_before = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
@@ -178,6 +182,35 @@ def _lower_dynamic(rw: Rewriter, node: Node) -> None:
             if value is not None:
                 rw.release_attribute(value)
     record.lowered_to = f"{type(replacement).__name__}({record.precision})"
+    rw.stamp(node)
+
+
+def _lower_weight_only(rw: Rewriter, node: Node) -> None:
+    """An embedding with a weight-only qconfig becomes a ``QuantizedEmbedding`` (its table in rows of 8 or 4
+    bits); an exported graph's embedding call on a constant table becomes a call of one."""
+    from fxq.dynamic import constant_embedding_args
+    from fxq.nn.quantized.embedding import QuantizedEmbedding
+
+    record = info(node)
+    constants = constant_embedding_args(node) if node.op == "call_function" else None
+    if constants is not None:
+        table, padding_idx = constants
+        module = nn.Embedding.from_pretrained(_constant(rw.gm, table), padding_idx=padding_idx)
+    else:
+        module = rw.modules[node.target]
+    try:
+        replacement = QuantizedEmbedding(module, record.qconfig.weight_only_bits)
+    except ValueError as err:
+        leave_float(node, str(err))
+        return
+    if constants is None:
+        rw.set_module(node.target, replacement)
+    else:  # the call becomes a call of the new module; the float table goes unless another op reads it
+        name = rw.unique_name(record.module_path or node.name)
+        rw.set_module(name, replacement)
+        node.op, node.target, node.args, node.kwargs = "call_module", name, (node.args[1],), {}
+        rw.release_attribute(table)
+    record.lowered_to = f"QuantizedEmbedding({record.precision})"
     rw.stamp(node)
 
 

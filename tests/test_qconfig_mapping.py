@@ -427,10 +427,13 @@ def _resolve_op(mapping, op):
 
 
 @pytest.mark.parametrize("make", [get_default_qconfig_mapping, get_default_qat_qconfig_mapping])
-def test_default_mapping_keeps_embeddings_float_and_quantizes_the_rest(make):
+def test_default_mapping_stores_embeddings_in_8_bit_rows_and_quantizes_the_rest(make):
     mapping = make("x86")
     for kind in (nn.Embedding, nn.EmbeddingBag):
-        assert _resolve_op(mapping, kind) == Resolution(None, f"object_type({kind.__name__})")
+        resolution = _resolve_op(mapping, kind)
+        assert resolution.rule == f"object_type({kind.__name__})"
+        assert resolution.qconfig.is_weight_only and resolution.qconfig.weight_only_bits == 8
+        assert not resolution.qconfig.is_dynamic
     linear = _resolve_op(mapping, nn.Linear)
     assert linear.rule == "global" and linear.qconfig == mapping.global_qconfig is not None
 

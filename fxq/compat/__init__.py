@@ -41,6 +41,8 @@ from fxq.compat.names import (
     default_per_channel_weight_observer,
     default_weight_observer,
     float16_dynamic_qconfig,
+    float_qparams_weight_only_qconfig,
+    float_qparams_weight_only_qconfig_4bit,
     get_default_qat_qconfig,
     get_default_qat_qconfig_mapping,
     get_default_qconfig,
@@ -52,7 +54,8 @@ __all__ = [
     "MovingAveragePerChannelMinMaxObserver", "PerChannelMinMaxObserver", "PlaceholderObserver",
     "PrepareCustomConfig", "QConfig", "QConfigMapping", "QuantStub", "convert", "convert_fx",
     "convert_to_reference_fx", "default_dynamic_qconfig", "default_histogram_observer", "default_observer",
-    "default_per_channel_weight_observer", "default_weight_observer", "float16_dynamic_qconfig", "fuse_fx",
+    "default_per_channel_weight_observer", "default_weight_observer", "float16_dynamic_qconfig", "float_qparams_weight_only_qconfig",
+    "float_qparams_weight_only_qconfig_4bit", "fuse_fx",
     "fuse_modules", "get_default_qat_qconfig", "get_default_qat_qconfig_mapping", "get_default_qconfig",
     "get_default_qconfig_mapping", "prepare", "prepare_fx", "prepare_qat_fx", "quantize_dynamic",
 ]

@@ -10,7 +10,7 @@ import torch
 
 import fxq
 from fxq.observers.base import ObserverFactory
-from fxq.qconfig import get_default_dynamic_qconfig
+from fxq.qconfig import get_default_dynamic_qconfig, get_default_embedding_qconfig
 from fxq.qconfig import get_default_qconfig as _fxq_default_qconfig
 from fxq.qconfig_mapping import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from fxq.torch_ao_objects import float16_or, observer_factory, translate_observer, translate_qconfig
@@ -47,6 +47,8 @@ default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(dtype=t
 default_histogram_observer = HistogramObserver.with_args(quant_min=0, quant_max=127)
 default_dynamic_qconfig = get_default_dynamic_qconfig(torch.qint8)
 float16_dynamic_qconfig = get_default_dynamic_qconfig(torch.float16)
+float_qparams_weight_only_qconfig = get_default_embedding_qconfig(8)
+float_qparams_weight_only_qconfig_4bit = get_default_embedding_qconfig(4)
 
 
 def QConfig(activation, weight=None) -> fxq.QConfig:  # noqa: N802 - torch.ao's name for its QConfig class

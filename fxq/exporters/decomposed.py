@@ -27,6 +27,7 @@ from torch.fx import GraphModule, Interpreter, Node
 from fxq.converted import ConvertedGraphModule
 from fxq.errors import ConfigError
 from fxq.nn.quantized import QuantizedConv, QuantizedLinear, QuantizedLinearFloatOutput
+from fxq.nn.quantized.embedding import QuantizedEmbedding
 from fxq.nn.quantized.group_norm import group_norm
 from fxq.nn.reference import WeightQuantized
 from fxq.observers import Observer
@@ -98,6 +99,27 @@ class DequantizedWeight(nn.Module):
 
     def forward(self, *args, **kwargs):
         return functional_call(self.module, {self.weight_name: self.weight()}, args, kwargs)
+
+
+class DequantizedEmbedding(nn.Module):
+    """A ``QuantizedEmbedding`` for exporters: its uint8 levels and per-row scales and offsets, the table
+    computed from them in the graph and looked up in float (the row-wise kernels' values, up to rounding)."""
+
+    def __init__(self, native: QuantizedEmbedding) -> None:
+        super().__init__()
+        levels, scales, offsets = native.rows()
+        self.register_buffer("levels", levels)
+        self.register_buffer("scales", scales.unsqueeze(1))
+        self.register_buffer("offsets", offsets.unsqueeze(1))
+        self.bag, self.mode, self.include_last_offset = native.bag, native.mode, native.include_last_offset
+
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.levels.to(torch.float32) * self.scales + self.offsets
+        if not self.bag:
+            return F.embedding(indices, table)
+        return F.embedding_bag(indices, table, offsets, mode=self.mode, per_sample_weights=per_sample_weights,
+                               include_last_offset=self.include_last_offset)
 
 
 def _float_layer(native: nn.Module) -> nn.Module:
@@ -266,6 +288,8 @@ def _rewrite_module(gm: GraphModule, node: Node, module: nn.Module) -> None:
         replacement = DequantizedWeight(_float_layer(module), module.qweight, "0.weight" if module.relu else "weight")
     elif isinstance(module, WeightQuantized):
         replacement = DequantizedWeight(module.module, module.qweight, module.weight_name)
+    elif isinstance(module, QuantizedEmbedding):
+        replacement = DequantizedEmbedding(module)
     elif type(module).__module__.startswith("fxq.nn.quantized"):
         raise ConfigError(f"fxq.export cannot map node {node.name!r}: it runs {type(module).__name__} "
                           f"({node.target}), which has no float form in the exporters")

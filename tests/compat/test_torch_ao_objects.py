@@ -134,3 +134,32 @@ def test_greedy_histogram_qparams_equal_torch_aos_histogram_observer(name, setti
     scale, zero_point = ours.calculate_qparams()
     their_scale, their_zero_point = theirs.calculate_qparams()
     assert torch.equal(scale, their_scale) and torch.equal(zero_point, their_zero_point.long())
+
+
+class _Bag(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 16)
+
+    def forward(self, ids):
+        return self.embed(ids).mean(1)
+
+
+@pytest.mark.parametrize("source", ["torch.ao", "fxq.compat"])
+def test_the_weight_only_embedding_qconfig_stores_rows_as_torch_ao_does(source):
+    import fxq.compat
+    from fxq.nn.quantized.embedding import QuantizedEmbedding
+
+    torch.manual_seed(0)
+    model, ids = _Bag().eval(), torch.randint(0, 50, (4, 7))
+    qconfig = (tq if source == "torch.ao" else fxq.compat).float_qparams_weight_only_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ao = quantize_fx.convert_fx(quantize_fx.prepare_fx(
+            model, tq.QConfigMapping().set_object_type(torch.nn.Embedding, tq.float_qparams_weight_only_qconfig),
+            (ids,)))
+    ours = convert_fx(prepare_fx(model, fxq.compat.QConfigMapping().set_object_type(torch.nn.Embedding, qconfig),
+                                 (ids,)))
+    assert isinstance(ours.get_submodule("embed"), QuantizedEmbedding) and ours.get_submodule("embed").bits == 8
+    assert sqnr_db(model(ids), ours(ids)) >= 40
+    assert sqnr_db(ao(ids), ours(ids)) >= 80  # the same rows: a scale and offset from each row's min and max

@@ -69,3 +69,61 @@ def test_a_dataloader_of_inputs_and_labels_calibrates_with_a_warning():
         quantized = fxq.quantize(model, (inputs[:2],), loader)
     reference = fxq.quantize(model, (inputs[:2],), [(inputs[i:i + 16],) for i in range(0, 64, 16)])
     assert torch.equal(quantized(inputs), reference(inputs))  # calibrated on the same inputs, labels unused
+
+
+class TokenModel(torch.nn.Module):
+    """An embedding table, a hidden layer and a vocabulary head, which may share the table (tied weights)."""
+
+    def __init__(self, tied=False):
+        super().__init__()
+        self.embed, self.hidden = torch.nn.Embedding(300, 32), torch.nn.Linear(32, 32)
+        self.head = torch.nn.Linear(32, 300, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+def _token_batches(count, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 300, (2, 10), generator=generator),) for _ in range(count)]
+
+
+def _stored_bytes(model):
+    tensors = {id(t): t for t in model.state_dict().values() if isinstance(t, torch.Tensor)}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("tied", [False, True], ids=["own-table", "tied-table"])
+def test_default_quantize_stores_embedding_tables_in_8_bit_rows(capture, tied):
+    from fxq.nn.quantized.embedding import QuantizedEmbedding
+
+    torch.manual_seed(0)
+    model = TokenModel(tied).eval()
+    table = model.embed.weight.detach().clone()
+    qm = fxq.quantize(model, _token_batches(1, 0)[0], _token_batches(4, 1), capture=capture)
+    embeddings = [m for m in qm.modules() if isinstance(m, QuantizedEmbedding)]
+    assert len(embeddings) == 1 and embeddings[0].bits == 8
+    row = next(n for n in qm.graph.nodes if n.op == "call_module" and isinstance(qm.get_submodule(n.target),
+                                                                                   QuantizedEmbedding))
+    assert fxq.info(row).lowered_to == "QuantizedEmbedding(weight-only 8-bit rows)"
+    (ids,) = _token_batches(1, 2)[0]
+    with torch.no_grad():
+        assert sqnr(model(ids), qm(ids)) >= 25
+    assert torch.equal(model.embed.weight, table) and isinstance(model.embed.weight, torch.nn.Parameter)
+    # every weight in 8 bits, with per-row and per-channel scales that weigh on rows of 32 (float table: 0.63x)
+    assert _stored_bytes(qm) <= 0.35 * _stored_bytes(model)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_mapping_rule_keeps_embedding_tables_float(capture):
+    model = TokenModel().eval()
+    mapping = fxq.get_default_qconfig_mapping("x86").set_object_type(torch.nn.Embedding, None)
+    qm = fxq.quantize(model, _token_batches(1, 0)[0], _token_batches(2, 1), qconfig_mapping=mapping,
+                      capture=capture)
+    lookups = [n for n in qm.graph.nodes if fxq.info(n).concept == "embedding"]
+    assert len(lookups) == 1 and fxq.info(lookups[0]).qconfig_rule == "object_type(Embedding)"
+    assert fxq.info(lookups[0]).lowered_to == "float"
+    assert fxq.info(lookups[0]).float_reason == "qconfig is None (rule object_type(Embedding))"

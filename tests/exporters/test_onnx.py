@@ -77,6 +77,11 @@ def test_export_captured_bert_runs_in_onnxruntime(tmp_path):
     with torch.no_grad():
         expected = qm(ids, mask).last_hidden_state
     assert sqnr(expected, run_in_fresh_process(path, [ids, mask], tmp_path)) >= 30
+    # the embedding tables are stored as 8-bit levels with a scale and offset per row
+    tables = [init for init in onnx.load(path).graph.initializer
+              if init.data_type == onnx.TensorProto.UINT8 and len(init.dims) == 2]
+    # words and positions (the token-type lookup reads constant ids, which the exporter folds)
+    assert {30522, 512} <= {table.dims[0] for table in tables}
 
 
 def test_an_exported_swin_with_contiguous_calls_runs_in_onnxruntime(tmp_path):

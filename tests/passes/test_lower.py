@@ -160,3 +160,59 @@ def test_average_pool_shares_its_inputs_qparams_unless_calibration_shows_it_far_
         assert pool_scale == input_scale and why is None
     else:
         assert pool_scale < input_scale / 8 and "narrower than its input" in why
+
+
+class Lookup(nn.Module):
+    """Token and bag embeddings into a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.bags = nn.Embedding(40, 8, padding_idx=0), nn.EmbeddingBag(30, 8, mode="mean")
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids, bag_ids):
+        return self.head(self.tokens(ids).sum(1) + self.bags(bag_ids))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_lower_stores_embedding_tables_in_rows_for_a_weight_only_qconfig(bits):
+    from fxq.nn.quantized.embedding import QuantizedEmbedding
+    from fxq.qconfig import get_default_embedding_qconfig
+
+    torch.manual_seed(0)
+    model = Lookup().eval()
+    x = (torch.randint(0, 40, (4, 5)), torch.randint(0, 30, (4, 3)))
+    mapping = QConfigMapping().set_global(QC).set_object_type(nn.Embedding, get_default_embedding_qconfig(bits)) \
+        .set_object_type(nn.EmbeddingBag, get_default_embedding_qconfig(bits))
+    ctx = PassContext(qconfig_mapping=mapping, example_inputs=x, original=model, backend="reference")
+    gm = run(traced(model), "normalize", "fuse", "assign-qconfig", "insert-observers", ctx=ctx)
+    for batch in (x, (torch.randint(0, 40, (4, 5)), torch.randint(0, 30, (4, 3)))):
+        gm(*batch)
+    gm = run(gm, "lower", ctx=ctx)
+    for name, float_module in (("tokens", model.tokens), ("bags", model.bags)):
+        runtime = gm.get_submodule(name)
+        assert isinstance(runtime, QuantizedEmbedding) and runtime.bits == bits
+        assert info(next(n for n in gm.graph.nodes if n.target == name)).lowered_to == \
+            f"QuantizedEmbedding(weight-only {bits}-bit rows)"
+        # each stored value within half a step of its row's range (min to max in 2**bits - 1 steps, fp16 scales
+        # for 4 bits)
+        table = float_module.weight
+        step = (table.amax(1) - table.amin(1)) / (2 ** bits - 1)
+        assert ((runtime.weight - table).abs() <= step.unsqueeze(1) * 0.51 + 1e-3 * (bits == 4)).all()
+    assert runtime.padding_idx is None and gm.get_submodule("tokens").padding_idx == 0
+    # the lookups read the stored rows; the int8 head adds its own rounding
+    looked_up = gm.get_submodule("tokens").weight[x[0]].sum(1) + F.embedding_bag(x[1], runtime.weight, mode="mean")
+    assert (gm(*x) - model.head(looked_up)).abs().max() < 0.05
+
+
+def test_a_weight_only_qconfig_on_an_op_with_no_weight_only_form_leaves_it_float_and_says_so():
+    from fxq.qconfig import get_default_embedding_qconfig
+
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    mapping = QConfigMapping().set_global(get_default_embedding_qconfig())
+    ctx = PassContext(qconfig_mapping=mapping, example_inputs=(torch.randn(2, 4),), original=model, backend="x86")
+    gm = run(traced(model), "normalize", "fuse", "assign-qconfig", "insert-observers", "lower", ctx=ctx)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    assert isinstance(gm.get_submodule(node.target), nn.Linear)
+    assert "no weight-only form for linear" in info(node).float_reason
+    assert "quantize_dynamic" in info(node).float_reason

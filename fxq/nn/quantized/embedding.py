@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 _PREPACK = {8: "embedding_bag_byte_prepack", 4: "embedding_bag_4bit_prepack"}
-_LOOKUP = {8: "embedding_bag_byte_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets"}
 _UNPACK = {8: "embedding_bag_byte_unpack", 4: "embedding_bag_4bit_unpack"}
 
 
@@ -22,6 +21,7 @@ class QuantizedEmbedding(nn.Module):
     """
 
     _fxq_leaf = True
+    __jit_unused_properties__ = ["weight"]  # model code's read of the table, not the runtime's
 
     def __init__(self, embedding: nn.Embedding | nn.EmbeddingBag, bits: int) -> None:
         super().__init__()
@@ -46,26 +46,51 @@ class QuantizedEmbedding(nn.Module):
         model takes its position count from ``position_embedding.weight.shape``)."""
         return getattr(torch.ops.quantized, _UNPACK[self.bits])(self.packed)
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The table as (levels, scales, offsets): uint8 levels (rows x embedding_dim, one per value even for 4
+        bits) and float32 per-row scale and offset, row = levels * scale + offset. For exporters, which store
+        the levels and do the arithmetic in the file."""
+        width = self.embedding_dim if self.bits == 8 else self.embedding_dim // 2
+        stored = self.packed[:, :width]
+        if self.bits == 4:  # two values per byte, the first in the low nibble
+            stored = torch.stack([stored & 15, stored >> 4], -1).reshape(len(stored), -1)
+        float_type = torch.float32 if self.bits == 8 else torch.float16
+        size = torch.finfo(float_type).bits // 8
+        scale, offset = (self.packed[:, width + i * size:width + (i + 1) * size].contiguous().view(float_type)
+                         for i in (0, 1))
+        return stored, scale.float().reshape(-1), offset.float().reshape(-1)
+
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        lookup = getattr(torch.ops.quantized, _LOOKUP[self.bits])
         if not self.bag:
             flat = indices.reshape(-1)
-            rows = lookup(self.packed, flat, torch.arange(flat.numel()), False, 0, False, None, None, False)
-            return rows.reshape(*indices.shape, self.embedding_dim)
+            rows = self._lookup(flat, torch.arange(flat.numel()), None, False)
+            return rows.reshape(indices.shape + (self.embedding_dim,))
         if indices.dim() == 2:  # fixed-length bags, one per row
             offsets = torch.arange(0, indices.numel(), indices.shape[1])
             indices = indices.reshape(-1)
+        if offsets is None:
+            raise ValueError("an EmbeddingBag over 1-D indices needs offsets (as for nn.EmbeddingBag)")
         if self.mode == "mean" and per_sample_weights is not None:
             raise ValueError("per_sample_weights only apply to mode='sum' (as for nn.EmbeddingBag)")
-        summed = lookup(self.packed, indices, offsets, False, 0, False, per_sample_weights, None,
-                        self.include_last_offset)
+        summed = self._lookup(indices, offsets, per_sample_weights, self.include_last_offset)
         if self.mode == "sum":
             return summed
-        ends = offsets[1:] if self.include_last_offset else torch.cat([offsets[1:], offsets.new_tensor([len(indices)])])
+        last = torch.tensor([indices.numel()], dtype=offsets.dtype)
+        ends = offsets[1:] if self.include_last_offset else torch.cat([offsets[1:], last])
         starts = offsets[:-1] if self.include_last_offset else offsets
         counts = (ends - starts).clamp(min=1).to(summed.dtype).unsqueeze(1)
         return summed / counts  # the kernel sums only; an empty bag stays zero, as in float
+
+    def _lookup(self, indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights: torch.Tensor | None,
+                include_last_offset: bool) -> torch.Tensor:
+        """The kernel's sum of rows per bag (a lookup is bags of one), written out per width so TorchScript
+        compiles it (the runtime and ``fxq.export`` script converted graphs that hold embeddings)."""
+        if self.bits == 8:
+            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+                self.packed, indices, offsets, False, 0, False, per_sample_weights, None, include_last_offset)
+        return torch.ops.quantized.embedding_bag_4bit_rowwise_offsets(
+            self.packed, indices, offsets, False, 0, False, per_sample_weights, None, include_last_offset)
 
     def extra_repr(self) -> str:
         kind = f"bag, mode={self.mode}" if self.bag else "lookup"
