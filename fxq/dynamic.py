@@ -59,6 +59,9 @@ class WeightOnly:
 
 
 DEFAULT_SPEC = (nn.Linear, nn.LSTM, nn.GRU)
+# With the default spec in int8, embedding tables take 8-bit rows too, as static quantization stores them: left
+# float they kept a BERT-base at 0.42x of its float size.
+DEFAULT_TABLES = (nn.Embedding, nn.EmbeddingBag)
 # Decoder LLM settings by name, each on the fastest CPU kernel measured for its bits (``fxq bench --llm``); the
 # LM head is a Linear, so it is quantized too. int8: Linears on fbgemm's dynamic kernel (int8 weights,
 # activations quantized per call). int4: Linears group-wise 4-bit (group 128) on fxq's int4 kernel (or torch's
@@ -92,10 +95,11 @@ class DynamicReport:
         return self.weight_bytes_after / self.weight_bytes_before if self.weight_bytes_before else float("nan")
 
     def __str__(self) -> str:
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.converted.items())) or "nothing"
-        lines = [f"converted {kinds}; weights of converted modules {self.weight_bytes_before:,} -> "
-                 f"{self.weight_bytes_after:,} bytes ({self.weight_ratio:.2f}x); model {self.size_before:,} -> "
-                 f"{self.size_after:,} bytes ({self.size_after / max(self.size_before, 1):.2f}x)"]
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.converted.items()))
+        weights = f"weights of converted modules {self.weight_bytes_before:,} -> {self.weight_bytes_after:,} bytes " \
+                  f"({self.weight_ratio:.2f}x); " if kinds else ""
+        lines = [f"converted {kinds or 'nothing'}; {weights}model {self.size_before:,} -> {self.size_after:,} bytes "
+                 f"({self.size_after / max(self.size_before, 1):.2f}x)"]
         if any(kind.startswith(("DynamicLinear", "DynamicLSTM", "DynamicGRU")) for kind in self.converted):
             lines.append("  (sizes are what state_dict stores; in memory, prepacked Linear/LSTM/GRU kernels also hold "
                          "their own packed copy of the int8 weights)")
@@ -112,7 +116,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         qconfig_spec: a set of module types (or names) to quantize with ``dtype``; or a dict from module type or
             module name (a name covers the module and everything inside it, and wins over types) to a config:
             ``Dynamic(dtype)``, ``WeightOnly(bits, group_size)``, a dtype, or None to keep it float; or "int8" /
-            "int4", the decoder LLM settings (``PRESETS``). Default: ``{nn.Linear, nn.LSTM, nn.GRU}``.
+            "int4", the decoder LLM settings (``PRESETS``). Default: ``{nn.Linear, nn.LSTM, nn.GRU}`` in
+            ``dtype``, and for torch.qint8 ``nn.Embedding``/``nn.EmbeddingBag`` tables in 8-bit rows.
         dtype: for the set form: torch.qint8 (dynamic int8; embeddings 8-bit), torch.float16 (fp16 linear
             weights) or torch.quint4x2 (4-bit embedding tables).
         inplace: modify ``model`` itself instead of a copy.
@@ -126,7 +131,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         CalibrationError: ``calibration_data`` given but empty, or giving non-finite inputs.
     """
     named_types = qconfig_spec is None or isinstance(qconfig_spec, str)  # types to try, not types to expect
-    spec = _normalise(_preset(qconfig_spec) if named_types else qconfig_spec, dtype)
+    spec = _normalise(_preset(qconfig_spec, dtype) if named_types else qconfig_spec, dtype)
     _check_names(model, spec)
     result = model if inplace else copy.deepcopy(model)
     report = DynamicReport(size_before=serialized_size(model))
@@ -159,9 +164,10 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     return result.eval() if not inplace else result
 
 
-def _preset(name: str | None) -> dict | set:
+def _preset(name: str | None, dtype: torch.dtype) -> dict:
     if name is None:
-        return set(DEFAULT_SPEC)
+        tables = {kind: WeightOnly(8) for kind in DEFAULT_TABLES} if dtype == torch.qint8 else {}
+        return {**{kind: dtype for kind in DEFAULT_SPEC}, **tables}
     if name not in PRESETS:
         raise ConfigError(f"qconfig_spec={name!r}: the named settings are {', '.join(map(repr, PRESETS))}; or pass "
                           "a set or dict of module types and names")

@@ -55,6 +55,19 @@ def test_lstm_language_model_runs_real_quantized_kernels_within_tolerance():
     assert report.weight_ratio < 0.3 and report.size_after < 0.35 * report.size_before
 
 
+def test_without_a_spec_int8_also_stores_embedding_tables_in_8_bit_rows_and_fp16_leaves_them_alone():
+    torch.manual_seed(0)
+    model = LanguageModel().eval()
+    default = fxq.quantize_dynamic(model)
+    assert isinstance(default.embed, QuantizedEmbedding) and default.embed.bits == 8
+    assert fxq.report_of(default).converted["QuantizedEmbedding(8-bit)"] == 1
+    lookup = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 4)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: fp16 has no embedding form, and none is asked for
+        half = fxq.quantize_dynamic(lookup, dtype=torch.float16)
+    assert type(half[0]) is nn.Embedding and isinstance(half[1], DynamicLinear) and half[1].fp16
+
+
 def test_lstm_kernel_is_the_quantized_one():
     """The LSTM's weights exist only as qint8 and the call goes through torch.quantized_lstm."""
     torch.manual_seed(0)
