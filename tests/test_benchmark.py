@@ -59,3 +59,15 @@ def test_fxq_bench_target_quantizes_with_defaults_and_prints_the_comparison():
 def test_bad_bench_command_lines_end_in_one_error_line(argv, message):
     code, _, err = _cli(*argv)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_int8_floor_counts_each_conv_and_linear_multiply_accumulate():
+    from fxq.tools.gemm_ceiling import multiply_accumulates
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, groups=4),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
+    # 8 x 6 x 6 outputs of 3 x 3 x 3 products; 8 x 4 x 4 outputs of 2 x 3 x 3; 10 outputs of 128
+    expected = 8 * 36 * 27 + 8 * 16 * 18 + 10 * 128
+    assert multiply_accumulates(model, (torch.randn(1, 3, 6, 6),)) == expected
+    assert multiply_accumulates(model, (torch.randn(2, 3, 6, 6),)) == 2 * expected
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model)

@@ -22,6 +22,8 @@ from functools import partial
 import torch
 from fxq.tools import bench_models as zoo
 from fxq.tools.bench_llm import on_torch_int4_kernel
+from fxq.tools.gemm_ceiling import SHAPE as GEMM_SHAPE
+from fxq.tools.gemm_ceiling import gemm_rates, multiply_accumulates
 from fxq.tools.ort_peer import SETTLE_S
 from tabulate import tabulate
 from torch import nn
@@ -156,6 +158,7 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
     torch.set_num_threads(threads)
     torch.backends.quantized.engine = "x86"
     warnings.simplefilter("ignore")
+    rates = gemm_rates()
     rows = []
     for case in _cases(models):
         model = case.build()
@@ -172,6 +175,8 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
         for name in _SPEED_COLUMNS:
             row[f"{name} ms"] = f"{latency[name]:.2f}" if name in latency else "n/a"
             row[f"{name} / fp32"] = f"{latency[name] / latency['fp32']:.2f}" if name in latency else "n/a"
+        floor_ms = multiply_accumulates(model, case.evaluation[0]) / rates["int8"] / 1e6
+        row["int8 floor / fp32"] = f"{floor_ms / latency['fp32']:.2f}"
         row["fxq runtime (auto)"] = ours.meta["fxq_runtime"]["name"]
         for peer in ("torch.ao", "ORT int8"):
             ratio = latency["fxq"] / latency[peer] if peer in latency else None
@@ -196,6 +201,9 @@ def run_bench(models: list[str], threads: int = 2, rounds: int = 20, warmup: int
     print(f"\n{cpu_flags_line()}\n{threads} threads, input shapes as in the column titles, median of {rounds} "
           "interleaved rounds; ratios from this run. fxq = the runtime fxq.convert chose (runtime=\"auto\"); "
           "ORT = ONNX Runtime (CPU provider; int8 = quantize_static defaults)")
+    print(f"this CPU multiplies {rates['int8']:.0f} G int8 and {rates['fp32']:.0f} G fp32 multiply-accumulates/s "
+          f"({rates['int8'] / rates['fp32']:.2f}x; a {' x '.join(map(str, GEMM_SHAPE))} product); int8 floor = the "
+          "model's conv/linear multiply-accumulates at the int8 rate, the least any int8 run of them can take")
     print(tabulate([[metric] + [row.get(metric, "") for row in rows] for metric in metrics],
                    headers=[""] + [row["model"] for row in rows], disable_numparse=True))
     return 0
