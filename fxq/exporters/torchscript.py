@@ -7,7 +7,8 @@ constants, and its inputs and outputs are flat tensors (a model captured with ``
 where fxq's GraphModule returns, say, a Hugging Face output object). The export is checked against the
 GraphModule on the example inputs before it is written, and loaded back after: where it reproduces the model
 only under another quantized engine than this process's (a qnnpack model on x86), a warning names the engine
-to set before loading.
+to set before loading; where it reproduces it under none (torch writes packed weights by unpacking them, which
+is wrong for qnnpack's transposed convolutions), the file is removed and export raises.
 
 "lite" is not passed through ``torch.utils.mobile_optimizer.optimize_for_mobile``: that needs XNNPACK, which
 torch's x86 CPU wheels lack; run it on a build that has it if the target is a phone.
@@ -33,8 +34,9 @@ def export(qm: GraphModule, path: str | os.PathLike, example_inputs=None, format
     ("lite"); see the module docstring.
 
     Raises:
-        ConfigError: ``qm`` is not a converted model, TorchScript cannot compile it (the message says why), or
-            the compiled module computes other values than ``qm`` on ``example_inputs``.
+        ConfigError: ``qm`` is not a converted model, TorchScript cannot compile it (the message says why), the
+            compiled module computes other values than ``qm`` on ``example_inputs``, or the written file, loaded
+            back, does so under every quantized engine (the file is removed).
         InputError: ``example_inputs`` are not inputs ``qm`` takes.
     """
     if not isinstance(qm, ConvertedGraphModule):
@@ -69,7 +71,9 @@ def export(qm: GraphModule, path: str | os.PathLike, example_inputs=None, format
 def _check_loading_engine(qm: GraphModule, path, inputs: tuple) -> None:
     """Warn where the written file, loaded under this process's quantized engine, computes other values than
     ``qm``: loading re-packs the weights for the engine current at that moment (a qnnpack model loaded under
-    x86 runs fbgemm's kernels on them), and say which engine reproduces ``qm``."""
+    x86 runs fbgemm's kernels on them), and say which engine reproduces ``qm``. Where none does, remove the file
+    and raise: torch writes packed weights by unpacking them, and some kernels' unpacking is wrong (qnnpack's
+    int8 transposed convolutions, which fxq runs on x86 because onednn's are wrong in memory already)."""
     current = torch.backends.quantized.engine
     if _loads_exactly(qm, path, inputs):
         return
@@ -82,9 +86,17 @@ def _check_loading_engine(qm: GraphModule, path, inputs: tuple) -> None:
                                   f"the current engine; under {current!r} they run other kernels): set it before "
                                   "torch.jit.load", stacklevel=3)
                     return
-    warnings.warn(f"{os.fspath(path)}, loaded back, computes other values than the model under every quantized "
-                  "engine of this torch build", stacklevel=3)
+    os.remove(path)
+    raise ConfigError("the TorchScript file, loaded back, computes other values than the model under every "
+                      "quantized engine of this torch build (torch saves int8 kernels' packed weights by unpacking "
+                      "them, and some unpack wrongly: qnnpack's transposed convolutions, which fxq runs on x86); "
+                      "nothing was written. Export as 'onnx' or 'pt2', or keep the model with fxq.save")
 
 
 def _loads_exactly(qm: GraphModule, path, inputs: tuple) -> bool:
-    return difference(qm, call_like(qm, torch.jit.load(os.fspath(path))), inputs) is None
+    """Whether the file, loaded under the current engine, computes what ``qm`` does (a model that the engine
+    cannot run at all does not)."""
+    try:
+        return difference(qm, call_like(qm, torch.jit.load(os.fspath(path))), inputs) is None
+    except RuntimeError:  # e.g. qnnpack refuses the x86 model's sigmoid output qparams
+        return False

@@ -66,3 +66,19 @@ def test_an_export_that_needs_another_engine_to_load_says_which(tmp_path):
         fxq.export(_quantized("x86"), tmp_path / "x86.pt")
     with pytest.warns(UserWarning, match="torch.backends.quantized.engine = 'qnnpack'"):
         fxq.export(_quantized("qnnpack"), tmp_path / "qnnpack.pt")
+
+
+def test_a_file_that_loads_back_wrong_under_every_engine_is_refused_and_removed(tmp_path):
+    """torch writes packed weights by unpacking them, and unpacking qnnpack's transposed 2x2 convolutions (what
+    fxq runs 2-d transposed convolutions on, x86's own being wrong) scrambles the weights; the sigmoid's output
+    qparams are x86's, which qnnpack refuses outright."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, 2, 1), torch.nn.ReLU(),
+                                torch.nn.ConvTranspose2d(32, 16, 2, 2), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 1, 3, padding=1), torch.nn.Sigmoid()).eval()
+    batches = [(torch.randn(2, 1, 16, 16),) for _ in range(3)]
+    qm = fxq.quantize(model, batches[0], batches, backend="x86")
+    with pytest.raises(fxq.ConfigError, match="loaded back, computes other values .* Export as 'onnx'"):
+        fxq.export(qm, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+    fxq.export(qm, tmp_path / "model.onnx", format="onnx")  # the alternative the message names works
