@@ -105,6 +105,7 @@ _TABLE: list[Concept] = [
     _c("chunk", [], [torch.chunk], ["chunk"], ["aten.chunk"]),
     _c("split", [], [torch.split], ["split"], ["aten.split"]),
     _c("getitem", [], [operator.getitem]),
+    _c("slice", [], [], aten=["aten.slice", "aten.select"]),  # exported graphs' basic indexing (x[:, :-2], x[..., 0])
     _c("dropout", [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d], [F.dropout], aten=["aten.dropout"]),
     _c("identity", [nn.Identity]),
     _c("linear_relu", [fused.LinearReLU]),

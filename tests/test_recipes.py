@@ -160,3 +160,27 @@ def test_an_explicit_rule_wins_over_the_recipe_inside_rms_norms_too():
     assert chosen and all(r.qconfig is not None and r.qconfig_rule == "module_name('attention_norm')"
                           for r in chosen)
     assert all(r.qconfig is None for r in in_norms if r.module_path == "mlp_norm")
+
+
+class FusedProjection(nn.Module):
+    """A fused query/key/value projection split by slicing, as exported graphs spell it (Falcon, GPT-2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.norm, self.out = nn.Linear(16, 48), nn.LayerNorm(16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        qkv = self.qkv(self.norm(x))
+        q, k, v = qkv[..., :16], qkv[..., 16:32], qkv[..., 32:]
+        attention = torch.softmax(q @ k.transpose(-2, -1) / 4, -1) @ v
+        return x + self.out(attention)
+
+
+def test_the_transformer_recipe_keeps_an_exported_graphs_slices_float():
+    model, x = FusedProjection().eval(), torch.randn(2, 5, 16)
+    prepared = fxq.prepare(model, None, (x,), backend="x86", capture="export")
+    slices = _by_concept(prepared, "slice")
+    assert prepared.meta["fxq_recipe"]["name"] == "transformer" and len(slices) == 3
+    for record in slices:
+        assert record.qconfig is None and record.qconfig_rule == "recipe(transformer)"
+        assert "slices split fused projections" in record.float_reason

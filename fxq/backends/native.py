@@ -40,7 +40,7 @@ _NORMS = ("layer_norm", "group_norm", "instance_norm", "batch_norm", "batch_norm
 SHARED = ("relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
           "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "flatten", "reshape",
           "transpose", "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity", "getitem", "chunk",
-          "split")
+          "split", "slice")
 
 
 def _dq(name: str) -> Pattern:

@@ -21,7 +21,7 @@ _OWN = ["add", "mul", "add_relu", "mul_relu", "matmul", "cat", "layer_norm", "gr
         "tanh", "mean"]
 _SHARED = ["relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "flatten", "reshape", "transpose",
            "permute", "squeeze", "unsqueeze", "contiguous", "dropout", "identity", "getitem", "chunk", "split",
-           "interpolate"]  # nearest and bilinear resizing stay within their input's range
+           "slice", "interpolate"]  # nearest and bilinear resizing stay within their input's range
 # Average pools keep their input's qparams, so a CNN's int8 chain stays unbroken (ResNet's pool of post-ReLU
 # features is 1.1-6x narrower than its input), unless calibration shows the output far narrower: a global mean of
 # zero-centred values spans a few of its input's steps (fuzzed: 25-50x narrower, 7-11 dB shared). See ``lower``.

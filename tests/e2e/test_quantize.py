@@ -127,3 +127,33 @@ def test_a_mapping_rule_keeps_embedding_tables_float(capture):
     assert len(lookups) == 1 and fxq.info(lookups[0]).qconfig_rule == "object_type(Embedding)"
     assert fxq.info(lookups[0]).lowered_to == "float"
     assert fxq.info(lookups[0]).float_reason == "qconfig is None (rule object_type(Embedding))"
+
+
+class CausalConvolutions(torch.nn.Module):
+    """Dilated causal 1-d convolutions that crop their padding (x[:, :, :-p]) and a head on the last step
+    (x[:, :, -1]); the shape test makes symbolic tracing fail, so the graph is exported."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv1d(8, 8, 3, dilation=d, padding=2 * d) for d in (1, 2))
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        for conv in self.convs:
+            y = conv(x)[:, :, :x.shape[-1]]
+            x = torch.relu(y) + (x if x.shape[1] == y.shape[1] else 0)
+        return self.head(x[:, :, -1])
+
+
+def test_an_exported_graphs_slices_run_on_int8_values():
+    torch.manual_seed(0)
+    model = CausalConvolutions().eval()
+    batches = [(torch.randn(4, 8, 32),) for _ in range(4)]
+    qm = fxq.quantize(model, batches[0], batches)
+    assert qm.meta["fxq_capture"]["how"] == "export" and qm.meta["fxq_recipe"]["name"] == "cnn"
+    slices = [n for n in qm.graph.nodes if fxq.info(n).concept == "slice"]
+    assert len(slices) >= 3 and all(fxq.info(n).float_reason is None for n in slices)
+    assert "0 left float" in str(fxq.report_of(qm))
+    x = torch.randn(4, 8, 32)
+    with torch.no_grad():
+        assert sqnr(model(x), qm(x)) >= 30
