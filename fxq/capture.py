@@ -86,7 +86,10 @@ def _auto(model: nn.Module, example_inputs: tuple, example_kwargs: dict, trace_o
                           f"({export_error})", FxqWarning, stacklevel=3)
             return _noted(traced, "fx", f"{why}; export failed: {export_error}")
         raise TraceError(f"neither front end can capture {type(model).__name__}:\n  fx: {fx_error}\n"
-                         f"  export: {export_error}") from export_error
+                         f"  export: {export_error}\n  fix: make the untraceable part a submodule (fx's "
+                         "leaf_modules=[...] keeps it whole, float), write data-dependent branches with torch.cond "
+                         "for export, or use fxq.quantize_dynamic(model), which swaps modules and needs no graph"
+                         ) from export_error
     return _noted(exported, "export", why)
 
 

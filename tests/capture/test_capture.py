@@ -82,6 +82,7 @@ def test_a_model_neither_front_end_captures_gets_one_error_with_both_failures():
         fxq.prepare(_Branchy(), fxq.get_default_qconfig_mapping("x86"), (torch.randn(2, 3),), capture="auto")
     message = str(caught.value)
     assert "neither front end" in message and "fx:" in message and "export:" in message
+    assert "torch.cond" in message and "fxq.quantize_dynamic(model)" in message  # the ways forward
 
 
 def test_auto_keeps_symbolic_tracing_when_it_captures_everything():

@@ -312,3 +312,14 @@ def test_dynamic_rnns_take_packed_sequences_as_the_float_modules_do(kind, given_
     if kind is nn.LSTM:
         expected_state, got_state = expected_state[0], got_state[0]
     assert _sqnr(expected_state, got_state) > 30  # a state out of batch order would read near 0 dB
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_an_embeddings_rows_give_its_table_as_levels_times_scale_plus_offset(bits):
+    """What the exporters store: uint8 levels (one per value, 4-bit ones unpacked) and a scale and offset per row."""
+    torch.manual_seed(0)
+    quantized = QuantizedEmbedding(nn.Embedding(20, 6), bits)
+    levels, scales, offsets = quantized.rows()
+    assert levels.dtype == torch.uint8 and levels.shape == (20, 6) and int(levels.max()) <= 2 ** bits - 1
+    assert scales.shape == offsets.shape == (20,)
+    torch.testing.assert_close(levels.float() * scales[:, None] + offsets[:, None], quantized.weight)
