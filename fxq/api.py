@@ -275,9 +275,22 @@ def _set_mode(gm: GraphModule, training: bool) -> GraphModule:
     return gm
 
 
+def _check_float32(model: nn.Module, entry: str) -> None:
+    """The graph pipeline quantizes float32 models: torch's int8 kernels take and give float32 activations, so a
+    bfloat16, float16 or float64 model would calibrate and convert, then fail on its first call."""
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and parameter.dtype != torch.float32:
+            raise ConfigError(f"fxq's graph pipeline ({entry}, quantize) takes float32 models, and parameter "
+                              f"{name!r} is {parameter.dtype}: "
+                              f"pass model.float() and float32 inputs (torch's int8 kernels compute from float32 "
+                              "activations; the int8 model is still half the size of a 16-bit one), or use "
+                              "fxq.quantize_dynamic(model), which keeps the model's dtype between its int8 layers")
+
+
 def _eval_copy(model: nn.Module, entry: str, warn_training: bool = True) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{entry}() takes an nn.Module, got {type(model).__name__}")
+    _check_float32(model, entry)
     work = copy.deepcopy(model)
     if model.training and warn_training:
         warnings.warn(f"{type(model).__name__} is in training mode; {entry}() quantizes an eval-mode copy "

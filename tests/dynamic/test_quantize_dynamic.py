@@ -323,3 +323,18 @@ def test_an_embeddings_rows_give_its_table_as_levels_times_scale_plus_offset(bit
     assert levels.dtype == torch.uint8 and levels.shape == (20, 6) and int(levels.max()) <= 2 ** bits - 1
     assert scales.shape == offsets.shape == (20,)
     torch.testing.assert_close(levels.float() * scales[:, None] + offsets[:, None], quantized.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_model_keeps_its_dtype_around_int8_layers(dtype):
+    """The kernels compute in float32; each runtime module hands the model's dtype back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    half = copy.deepcopy(model).to(dtype)
+    ids = _tokens(vocab=50)
+    for spec in (None, "int4"):
+        quantized = fxq.quantize_dynamic(half, spec)
+        assert isinstance(quantized[0], QuantizedEmbedding) and quantized[0].weight.dtype == dtype
+        with torch.no_grad():
+            out = quantized(ids)
+            assert out.dtype == dtype and _sqnr(model(ids), out.float()) >= 20

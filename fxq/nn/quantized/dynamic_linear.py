@@ -56,6 +56,10 @@ class DynamicLinear(PackedWeightModule):
         return ops.linear_relu_dynamic if self.relu else ops.linear_dynamic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the kernels take float32: a bfloat16 or float16 model gets its own dtype back
+        return self._compute(x.float()).to(x.dtype)
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
         # the kernel an attribute (TorchScript compiles a call of it), its reduce_range argument spelled out
         # only where set: the fp16 kernels take none
         if self.reduce_range:

@@ -36,15 +36,17 @@ class QuantizedEmbedding(nn.Module):
         self.bits, self.num_embeddings, self.embedding_dim = bits, embedding.num_embeddings, embedding.embedding_dim
         self.include_last_offset = bool(getattr(embedding, "include_last_offset", False))
         self.padding_idx = embedding.padding_idx
+        # lookups return the table's own dtype (a bfloat16 model stays bfloat16); the kernels work in float32
+        self.float_dtype = embedding.weight.dtype if embedding.weight.is_floating_point() else torch.float32
         table = embedding.weight.detach().float().contiguous()
         self.register_buffer("packed", getattr(torch.ops.quantized, _PREPACK[bits])(table))
         self.fxq_concept = "embedding_bag" if self.bag else "embedding"
 
     @property
     def weight(self) -> torch.Tensor:
-        """The float32 table, dequantized on each access: for model code that reads ``.weight`` (CLIP's text
-        model takes its position count from ``position_embedding.weight.shape``)."""
-        return getattr(torch.ops.quantized, _UNPACK[self.bits])(self.packed)
+        """The table in the float module's dtype, dequantized on each access: for model code that reads
+        ``.weight`` (CLIP's text model takes its position count from ``position_embedding.weight.shape``)."""
+        return getattr(torch.ops.quantized, _UNPACK[self.bits])(self.packed).to(self.float_dtype)
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The table as (levels, scales, offsets): uint8 levels (rows x embedding_dim, one per value even for 4
@@ -62,6 +64,10 @@ class QuantizedEmbedding(nn.Module):
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self._bags(indices, offsets, per_sample_weights).to(self.float_dtype)
+
+    def _bags(self, indices: torch.Tensor, offsets: torch.Tensor | None,
+              per_sample_weights: torch.Tensor | None) -> torch.Tensor:
         if not self.bag:
             flat = indices.reshape(-1)
             rows = self._lookup(flat, torch.arange(flat.numel()), None, False)
@@ -73,7 +79,8 @@ class QuantizedEmbedding(nn.Module):
             raise ValueError("an EmbeddingBag over 1-D indices needs offsets (as for nn.EmbeddingBag)")
         if self.mode == "mean" and per_sample_weights is not None:
             raise ValueError("per_sample_weights only apply to mode='sum' (as for nn.EmbeddingBag)")
-        summed = self._lookup(indices, offsets, per_sample_weights, self.include_last_offset)
+        weights = per_sample_weights.float() if per_sample_weights is not None else None
+        summed = self._lookup(indices, offsets, weights, self.include_last_offset)
         if self.mode == "sum":
             return summed
         last = torch.tensor([indices.numel()], dtype=offsets.dtype)
