@@ -249,14 +249,30 @@ def _dequantize_to_contiguous(rw: Rewriter) -> None:
     and a model output in channels-last breaks a caller's ``.view``. ``contiguous()`` on an already contiguous
     tensor returns it as it is, so this costs a copy only where the layout really differs. Only 4-d and 5-d
     values can be channels-last (``dequantize`` already returns lower-rank values contiguous).
+
+    An island of elementwise ops back into int8 (dequantize -> SiLU -> quantize between two convolutions) keeps
+    the kernels' layout: each value is computed alone, so the order cannot matter, and converting there cost two
+    copies per island (a small EfficientNet: 1.13x of fp32's latency with them, see docs/architecture.md).
     """
     for node in list(rw.gm.graph.nodes):
         value = value_of(node)
         if (node.op == "call_method" and node.target == "dequantize" and not _is_quantize(node.args[0])
-                and isinstance(value, TensorInfo) and len(value.shape) >= 4):
+                and isinstance(value, TensorInfo) and len(value.shape) >= 4 and not _elementwise_island(node)):
             contiguous = rw.insert("call_method", "contiguous", (node,), after=node, like=node)
             info(contiguous).lowered_to = "layout"
             node.replace_all_uses_with(contiguous, delete_user_cb=lambda user, c=contiguous: user is not c)
+
+
+# Float ops computing each output value from the input value at the same place alone
+_ELEMENTWISE = frozenset({"relu", "relu6", "hardtanh", "gelu", "silu", "hardswish", "elu", "leaky_relu", "sigmoid",
+                          "hardsigmoid", "tanh"})
+
+
+def _elementwise_island(dequantize: Node) -> bool:
+    """Whether every reader of ``dequantize`` is a one-input elementwise op whose value only goes back to int8."""
+    return all(info(user).concept in _ELEMENTWISE and user.all_input_nodes == [dequantize]
+               and user.users and all(_is_quantize(reader) for reader in user.users)
+               for user in dequantize.users)
 
 
 def _is_quantize(node) -> bool:

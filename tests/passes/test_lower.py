@@ -10,6 +10,7 @@ from fxq.nn.reference import WeightQuantized
 from fxq.observers import MinMaxObserver, PerChannelMinMaxObserver
 from fxq.qconfig import QConfig
 from fxq.qconfig_mapping import QConfigMapping
+from tests.models import sqnr
 from tests.passes.helpers import run, traced
 
 QC = QConfig(activation=MinMaxObserver.with_args(), weight=PerChannelMinMaxObserver.with_args())
@@ -216,3 +217,32 @@ def test_a_weight_only_qconfig_on_an_op_with_no_weight_only_form_leaves_it_float
     assert isinstance(gm.get_submodule(node.target), nn.Linear)
     assert "no weight-only form for linear" in info(node).float_reason
     assert "quantize_dynamic" in info(node).float_reason
+
+
+class SiluBetweenConvs(nn.Module):
+    """conv -> SiLU -> conv (x86 has no int8 SiLU: a float island between two int8 kernels), and a global pool
+    that reads the second SiLU's float output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = F.silu(self.b(F.silu(self.a(x))))
+        return F.adaptive_avg_pool2d(y, 1).flatten(1), y
+
+
+def test_an_elementwise_island_between_int8_kernels_keeps_their_layout_and_other_float_reads_get_contiguous():
+    import fxq
+
+    torch.manual_seed(0)
+    model, batches = SiluBetweenConvs().eval(), [(torch.randn(2, 3, 12, 12),) for _ in range(3)]
+    qm = fxq.quantize(model, batches[0], batches, backend="x86", runtime="graph")
+    silus = [n for n in qm.graph.nodes if info(n).concept == "silu"]
+    # the first SiLU reads the dequantized channels-last conv output as it is; the second's input is made
+    # contiguous, since its output is also a model output and a pool's input
+    assert [n.args[0].target for n in silus] == ["dequantize", "contiguous"]
+    pooled, y = qm(*batches[0])
+    assert y.is_contiguous() and pooled.is_contiguous()
+    reference = model(*batches[0])
+    assert all(sqnr(r, q) >= 30 for r, q in zip(reference, (pooled, y), strict=True))
