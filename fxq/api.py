@@ -24,6 +24,7 @@ from fxq.gc_pause import paused_gc
 from fxq.graph_pass import PassContext, add_properties, properties_of
 from fxq.input_guard import input_records
 from fxq.model_inputs import call_with, split_call, without_labels
+from fxq.nn.parametrizations import bake_parametrizations
 from fxq.nn.transposed_linear import replace_transposed_linears
 from fxq.observers import Observer
 from fxq.pass_manager import PassManager, PassRecord
@@ -105,6 +106,7 @@ def _prepare(model: nn.Module, qconfig_mapping, example_inputs, *, backend: str,
     args, kwargs = split_call(example_inputs)
     with paused_gc():
         work = _eval_copy(model, "prepare_qat" if training else "prepare", warn_training=not training)
+        bake_parametrizations(work)  # weight norm and the like: quantize the weight they compute
         replace_transposed_linears(work)  # GPT-2's Conv1D quantizes as the Linear it is
         options = {"leaf_modules": tuple(leaf_modules), "leaf_module_types": tuple(leaf_module_types),
                    "concrete_args": concrete_args}

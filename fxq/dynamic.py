@@ -28,6 +28,7 @@ from torch import nn
 from fxq.errors import ConfigError, FxqWarning
 from fxq.linear_input_moments import linear_input_moments
 from fxq.nn.fused import FusedModule
+from fxq.nn.parametrizations import bake_parametrizations
 from fxq.nn.quantized.dynamic_linear import DynamicLinear
 from fxq.nn.quantized.dynamic_rnn import DynamicGRU, DynamicLSTM
 from fxq.nn.quantized.embedding import QuantizedEmbedding
@@ -134,6 +135,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     spec = _normalise(_preset(qconfig_spec, dtype) if named_types else qconfig_spec, dtype)
     _check_names(model, spec)
     result = model if inplace else copy.deepcopy(model)
+    bake_parametrizations(result)  # a weight-normed Linear is an nn.Linear again, with the weight it computes
     report = DynamicReport(size_before=serialized_size(model))
     moments = _weight_only_moments(result, spec, calibration_data) if calibration_data is not None else {}
     matched = set()

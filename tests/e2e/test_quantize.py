@@ -157,3 +157,41 @@ def test_an_exported_graphs_slices_run_on_int8_values():
     x = torch.randn(4, 8, 32)
     with torch.no_grad():
         assert sqnr(model(x), qm(x)) >= 30
+
+
+class Reparametrized(torch.nn.Module):
+    """A weight-normed convolution (audio vocoders, wav2vec2) and a spectral-normed linear (GAN discriminators)."""
+
+    def __init__(self):
+        super().__init__()
+        parametrizations = torch.nn.utils.parametrizations
+        self.conv = parametrizations.weight_norm(torch.nn.Conv1d(8, 16, 5, padding=2))
+        self.head = parametrizations.spectral_norm(torch.nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.leaky_relu(self.conv(x), 0.1).mean(-1))
+
+
+def test_parametrized_weights_are_quantized_as_the_weights_they_compute_and_the_model_keeps_its_own(tmp_path):
+    from fxq.nn.quantized import QuantizedConv, QuantizedLinearFloatOutput
+
+    torch.manual_seed(0)
+    model = Reparametrized().eval()
+    batches = [(torch.randn(2, 8, 40),) for _ in range(3)]
+    before = model(*batches[0])
+    qm = fxq.quantize(model, batches[0], batches)
+    assert qm.meta["fxq_capture"]["how"] == "fx"  # no parametrized leaf left for tracing to keep whole
+    assert isinstance(qm.get_submodule("conv"), QuantizedConv)
+    assert isinstance(qm.get_submodule("head"), QuantizedLinearFloatOutput)
+    x = torch.randn(3, 8, 40)
+    with torch.no_grad():
+        assert sqnr(model(x), qm(x)) >= 30
+    # the user's layers are still parametrized, with the same weights
+    assert torch.nn.utils.parametrize.is_parametrized(model.conv, "weight")
+    assert torch.nn.utils.parametrize.is_parametrized(model.head, "weight")
+    assert torch.equal(model(*batches[0]), before)
+    fxq.save(qm, tmp_path / "m.fxq")  # the dynamically made Parametrized* classes are not in the file
+    assert torch.equal(fxq.load(tmp_path / "m.fxq")(x), qm(x))
+    dynamic = fxq.quantize_dynamic(model)
+    assert fxq.report_of(dynamic).converted["DynamicLinear(qint8)"] == 1
+    assert torch.nn.utils.parametrize.is_parametrized(model.head, "weight")
