@@ -48,7 +48,8 @@ class BenchmarkResult:
     def __str__(self) -> str:
         from tabulate import tabulate
 
-        rows = [["latency ms", f"{self.float_ms:.3f}", f"{self.quantized_ms:.3f}", f"{self.speedup:.2f}x faster"],
+        speed = f"{self.speedup:.2f}x faster" if self.speedup >= 1 else f"{1 / self.speedup:.2f}x slower"
+        rows = [["latency ms", f"{self.float_ms:.3f}", f"{self.quantized_ms:.3f}", speed],
                 ["size bytes", f"{self.float_bytes:,}", f"{self.quantized_bytes:,}", f"{self.size_ratio:.3f}x"],
                 ["output SQNR dB", "-", f"{self.sqnr_db:.1f}", ""]]
         if self.float_metric is not None:

@@ -71,3 +71,9 @@ def test_the_int8_floor_counts_each_conv_and_linear_multiply_accumulate():
     assert multiply_accumulates(model, (torch.randn(1, 3, 6, 6),)) == expected
     assert multiply_accumulates(model, (torch.randn(2, 3, 6, 6),)) == 2 * expected
     assert not model._forward_hooks and not any(m._forward_hooks for m in model)
+
+
+@pytest.mark.parametrize("quantized_ms, words", [(0.5, "2.00x faster"), (2.0, "2.00x slower")])
+def test_the_latency_row_says_faster_or_slower_as_measured(quantized_ms, words):
+    result = fxq.BenchmarkResult(1.0, quantized_ms, 100, 30, 40.0, None, None, 1, 3, "cpu: test")
+    assert words in str(result) and ("slower" in str(result)) == (quantized_ms > 1)
