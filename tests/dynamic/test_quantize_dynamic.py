@@ -338,3 +338,9 @@ def test_a_16_bit_model_keeps_its_dtype_around_int8_layers(dtype):
         with torch.no_grad():
             out = quantized(ids)
             assert out.dtype == dtype and _sqnr(model(ids), out.float()) >= 20
+    language_model = LanguageModel().eval()
+    quantized = fxq.quantize_dynamic(copy.deepcopy(language_model).to(dtype))
+    assert isinstance(quantized.lstm, DynamicLSTM)
+    with torch.no_grad():
+        out = quantized(_tokens())
+        assert out.dtype == dtype and _sqnr(language_model(_tokens()), out.float()) >= 20

@@ -128,10 +128,11 @@ class DynamicLSTM(DynamicRNN):
         if hx is None:
             hx = (self._initial_hidden(x), self._initial_hidden(x))
         params = [cell.params for cell in self.cells]
-        output, h, c = torch.quantized_lstm(x, list(hx), params, self.has_biases, self.num_layers, 0.0, False,
-                                            self.bidirectional, self.batch_first, dtype=torch.qint8,
-                                            use_dynamic=True)
-        return output, (h, c)
+        # the kernel takes float32: a bfloat16 or float16 model gets its own dtype back
+        output, h, c = torch.quantized_lstm(x.float(), [hx[0].float(), hx[1].float()], params, self.has_biases,
+                                            self.num_layers, 0.0, False, self.bidirectional, self.batch_first,
+                                            dtype=torch.qint8, use_dynamic=True)
+        return output.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))
 
     @torch.jit.unused
     def _forward_packed(self, x: PackedSequence, hx):
@@ -154,8 +155,9 @@ class DynamicGRU(DynamicRNN):
         if hx is None:
             hx = self._initial_hidden(x)
         params = [cell.params for cell in self.cells]
-        return torch.quantized_gru(x, hx, params, self.has_biases, self.num_layers, 0.0, False,
-                                   self.bidirectional, self.batch_first)
+        output, h = torch.quantized_gru(x.float(), hx.float(), params, self.has_biases, self.num_layers, 0.0, False,
+                                        self.bidirectional, self.batch_first)
+        return output.to(x.dtype), h.to(x.dtype)
 
     @torch.jit.unused
     def _forward_packed(self, x: PackedSequence, hx):
