@@ -32,6 +32,7 @@ from fxq.pipelines import TRACED, check, combined, convert_steps, instances, par
 from fxq.precision import PrecisionPlan
 from fxq.recipes import RECIPE_KEY, Recipe, choose_recipe
 from fxq.runtime import EXAMPLES_KEY, check_runtime_name, install_runtime, keep_examples
+from fxq.shared_weights import warn_duplicated_weights
 from fxq.torch_ao_objects import translate_mapping
 from fxq.tracing import TRACE_OPTIONS_KEY
 
@@ -182,6 +183,7 @@ def convert(prepared: GraphModule, *, keep_snapshots: bool = False, inplace: boo
     if not isinstance(converted, ConvertedGraphModule):  # a pass returned a new module
         as_converted(converted, inputs).recompile()
     converted.meta[RECORDS_KEY] = list(prepared.meta.get(RECORDS_KEY, [])) + result.records
+    warn_duplicated_weights(converted)
     install_runtime(_set_mode(converted, False), runtime)
     return converted
 

@@ -195,3 +195,26 @@ def test_parametrized_weights_are_quantized_as_the_weights_they_compute_and_the_
     dynamic = fxq.quantize_dynamic(model)
     assert fxq.report_of(dynamic).converted["DynamicLinear(qint8)"] == 1
     assert torch.nn.utils.parametrize.is_parametrized(model.head, "weight")
+
+
+class SharedEncoder(torch.nn.Module):
+    """One encoder applied to both inputs (a siamese network; ALBERT shares its layers the same way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(8, 8)
+
+    def forward(self, a, b):
+        return torch.nn.functional.cosine_similarity(self.encoder(a), self.encoder(b))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_module_called_twice_warns_that_its_weight_is_stored_per_call(capture):
+    import warnings
+
+    batches = [(torch.randn(2, 8), torch.randn(2, 8)) for _ in range(3)]
+    with pytest.warns(fxq.FxqWarning, match=r"called more than once .* 'encoder' \(2 copies\).*quantize_dynamic"):
+        fxq.quantize(SharedEncoder().eval(), batches[0], batches, capture=capture)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxq.FxqWarning)  # one call per module: nothing to say
+        fxq.quantize(TokenModel().eval(), _token_batches(1, 0)[0], _token_batches(2, 1), capture=capture)
